@@ -1,0 +1,147 @@
+"""Typed, frozen settings built from environment variables when asked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping
+from urllib.parse import unquote, urlsplit
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+WAREHOUSE_EXAMPLES = (
+    "duckdb:///var/warehouse.duckdb (relative to the repo), "
+    "duckdb:////abs/path/warehouse.duckdb, or postgresql://postgres@127.0.0.1:5432/tidemark"
+)
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class WarehouseTarget:
+    """Where the warehouse lives: a DuckDB file or a PostgreSQL database."""
+
+    kind: Literal["duckdb", "postgres"]
+    url: str
+    path: Path | None = None
+    host: str = ""
+    port: int = 5432
+    user: str = ""
+    password: str = ""
+    database: str = ""
+
+    @property
+    def dbt_target(self) -> str:
+        return self.kind
+
+    def dsn(self) -> str:
+        """libpq connection string (PostgreSQL only)."""
+        parts = [f"host={self.host}", f"port={self.port}", f"dbname={self.database}", f"user={self.user}"]
+        if self.password:
+            parts.append(f"password={self.password}")
+        return " ".join(parts)
+
+
+def parse_warehouse_url(url: str, *, variable: str = "TIDEMARK_WAREHOUSE_URL") -> WarehouseTarget:
+    """Parse a warehouse URL, naming `variable` and a valid example on any error."""
+    url = url.strip()
+    if url.startswith("duckdb:///"):
+        raw = url[len("duckdb:///"):]
+        if not raw or raw.endswith("/"):
+            raise SettingsError(f"{variable}={url!r} has no database file. Valid examples: {WAREHOUSE_EXAMPLES}")
+        path = Path(raw) if raw.startswith("/") else REPO_ROOT / raw
+        return WarehouseTarget(kind="duckdb", url=url, path=path)
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        database = parts.path.lstrip("/")
+        if not parts.hostname or not database:
+            raise SettingsError(
+                f"{variable}={url!r} needs a host and a database name. Valid examples: {WAREHOUSE_EXAMPLES}"
+            )
+        try:
+            port = parts.port or 5432
+        except ValueError as exc:
+            raise SettingsError(f"{variable}={url!r} has a bad port ({exc}). Valid examples: {WAREHOUSE_EXAMPLES}")
+        return WarehouseTarget(
+            kind="postgres",
+            url=url,
+            host=parts.hostname,
+            port=port,
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+            database=database,
+        )
+    raise SettingsError(f"{variable}={url!r} is not a supported warehouse URL. Valid examples: {WAREHOUSE_EXAMPLES}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the pipeline needs to know about where things live."""
+
+    home: Path
+    warehouse: WarehouseTarget
+    repo_root: Path = REPO_ROOT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        home_raw = env.get("TIDEMARK_HOME", "").strip()
+        home = Path(home_raw) if home_raw else REPO_ROOT / "var"
+        if not home.is_absolute():
+            home = REPO_ROOT / home
+        url = env.get("TIDEMARK_WAREHOUSE_URL", "").strip() or f"duckdb:///{home / 'warehouse.duckdb'}"
+        return cls(home=home, warehouse=parse_warehouse_url(url))
+
+    @property
+    def dbt_project_dir(self) -> Path:
+        return self.repo_root / "dbt_project"
+
+    @property
+    def dbt_manifest(self) -> Path:
+        return self.dbt_project_dir / "target" / "manifest.json"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    def dbt_env(self) -> dict[str, str]:
+        """Environment variables that dbt's profiles.yml reads, derived from the one warehouse URL."""
+        wh = self.warehouse
+        env = {
+            "TIDEMARK_DBT_TARGET": wh.dbt_target,
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "DO_NOT_TRACK": "1",
+            "DBT_PROFILES_DIR": str(self.dbt_project_dir),
+        }
+        if wh.kind == "duckdb":
+            env["TIDEMARK_DUCKDB_PATH"] = str(wh.path)
+        else:
+            env.update(
+                TIDEMARK_PG_HOST=wh.host,
+                TIDEMARK_PG_PORT=str(wh.port),
+                TIDEMARK_PG_USER=wh.user,
+                TIDEMARK_PG_PASSWORD=wh.password,
+                TIDEMARK_PG_DATABASE=wh.database,
+            )
+        return env
+
+    def airflow_env(self) -> dict[str, str]:
+        """Environment for Airflow: state under TIDEMARK_HOME, the repo's dags/, no examples, no telemetry."""
+        airflow_home = self.airflow_home
+        return {
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.repo_root / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+            "AIRFLOW__COSMOS__CACHE_DIR": str(self.home / "cosmos_cache"),
+            "SCARF_ANALYTICS": "false",
+            "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
+            "TIDEMARK_HOME": str(self.home),
+            "TIDEMARK_WAREHOUSE_URL": self.warehouse.url,
+        }
