@@ -1,0 +1,65 @@
+{#-
+  One row per customer per as_of_date whose label horizon has closed: churned = 1 when the customer
+  cancels within horizon_days after as_of_date (in (as_of_date, as_of_date + horizon_days]).
+  A date is emitted only once the raw data covers as_of_date + horizon_days. Incremental: a run
+  labels the dates whose horizon closes inside [start_date, end_date].
+-#}
+{{
+    config(
+        materialized='incremental',
+        incremental_strategy='delete+insert',
+        unique_key='as_of_date',
+        on_schema_change='fail'
+    )
+}}
+
+{%- set horizon = var('horizon_days') | int %}
+
+with
+
+features as (
+    select as_of_date, customer_id from {{ ref('customer_features_daily') }}
+),
+
+customers as (
+    select * from {{ ref('int_customers_joined') }}
+),
+
+watermark as (
+    select max(ingest_date) as loaded_through
+    from {{ ref('stg_simulator__customers') }}
+),
+
+closed as (
+    select features.as_of_date, features.customer_id
+    from features
+    cross join watermark
+    where features.as_of_date + {{ horizon }} <= watermark.loaded_through
+    {% if var('start_date', none) %}
+        and features.as_of_date + {{ horizon }} >= cast('{{ var("start_date") }}' as date)
+    {% endif %}
+    {% if var('end_date', none) %}
+        and features.as_of_date + {{ horizon }} <= cast('{{ var("end_date") }}' as date)
+    {% endif %}
+),
+
+labelled as (
+    select
+        cast(closed.as_of_date as date) as as_of_date,
+        cast(closed.customer_id as bigint) as customer_id,
+        cast({{ horizon }} as integer) as horizon_days,
+        cast(
+            case
+                when customers.cancel_date > closed.as_of_date
+                    and customers.cancel_date <= closed.as_of_date + {{ horizon }}
+                then 1 else 0
+            end
+            as integer
+        ) as churned,
+        cast(customers.cancel_date as date) as cancel_date
+    from closed
+    inner join customers
+        on customers.customer_id = closed.customer_id
+)
+
+select * from labelled
