@@ -321,7 +321,7 @@ def simulate(cfg: SimConfig, only: set[date] | None = None) -> Iterator[tuple[da
         fail_p = np.clip(pop.payment_risk[payers] * np.where(due_retry[due], 2.5, 1.0), 0, 0.95)
         failed = rng.random(len(payers)) < fail_p
         pop.retry_day[payers] = np.where(failed & due_first[due], t + RETRY_AFTER_DAYS, -1)
-        pop.fail_score[active] *= np.exp(-1 / 30)
+        pop.fail_score[active] *= np.exp(-1 / 45)
         pop.fail_score[payers] += failed
         hard_fail = failed & due_retry[due]
         n_pay = len(payers)
@@ -385,7 +385,7 @@ def simulate(cfg: SimConfig, only: set[date] | None = None) -> Iterator[tuple[da
             -6.3
             + 2.4 * np.maximum(usage_drop, 0)
             + 1.2 * low_usage
-            + 0.8 * np.minimum(pop.fail_score[active], 3)
+            + 1.3 * np.minimum(pop.fail_score[active], 3)
             + 0.45 * np.minimum(pop.ticket_score[active], 4)
             + price_coef * pop.price_sensitivity[active] * price_ratio
             - 0.25 * np.log1p(np.maximum(tenure, 0) / 30)

@@ -26,8 +26,8 @@ customers as (
 ),
 
 watermark as (
-    select max(ingest_date) as loaded_through
-    from {{ ref('stg_simulator__customers') }}
+    select max(loaded_date) as loaded_through
+    from {{ ref('int_loaded_days_unioned') }}
 ),
 
 closed as (

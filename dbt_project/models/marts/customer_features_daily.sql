@@ -36,7 +36,7 @@ support_tickets as (
 ),
 
 bounds as (
-    {{ as_of_bounds(ref('stg_simulator__customers'), 'ingest_date') }}
+    {{ as_of_bounds(ref('int_loaded_days_unioned'), 'loaded_date') }}
 ),
 
 as_of_dates as (

@@ -1,0 +1,52 @@
+"""Shared fixtures: throwaway DuckDB warehouses, throwaway PostgreSQL databases, small simulations."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import date
+
+import pytest
+
+from ml.settings import Settings, parse_warehouse_url
+from ml.simulate import SimConfig
+
+PG_ADMIN_DSN = os.environ.get("TIDEMARK_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
+
+
+@pytest.fixture
+def small_sim() -> SimConfig:
+    """A small history with a drift event, quick to simulate and to build features on."""
+    return SimConfig(seed=11, customers=300, start=date(2025, 1, 1), days=70, drift_date=date(2025, 2, 20))
+
+
+@pytest.fixture
+def duckdb_settings(tmp_path) -> Settings:
+    return Settings(home=tmp_path, warehouse=parse_warehouse_url(f"duckdb:///{tmp_path / 'warehouse.duckdb'}"))
+
+
+@pytest.fixture
+def postgres_settings(tmp_path):
+    """A fresh PostgreSQL database, dropped afterwards."""
+    import psycopg
+
+    name = f"tidemark_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL is required for this test and is not reachable ({PG_ADMIN_DSN}): {exc}")
+    with admin:
+        admin.execute(f'create database "{name}"')
+    try:
+        yield Settings(
+            home=tmp_path, warehouse=parse_warehouse_url(f"postgresql://postgres@127.0.0.1:5432/{name}")
+        )
+    finally:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
+def warehouse_settings(request) -> Settings:
+    """Each test using this runs once on DuckDB and once on a fresh PostgreSQL database."""
+    return request.getfixturevalue(f"{request.param}_settings")

@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import pytest
+
+from ml.settings import REPO_ROOT, Settings, SettingsError, parse_warehouse_url
+
+
+def test_defaults_live_under_the_repo_var_folder():
+    s = Settings.from_env({})
+    assert s.home == REPO_ROOT / "var"
+    assert s.warehouse.kind == "duckdb"
+    assert s.warehouse.path == REPO_ROOT / "var" / "warehouse.duckdb"
+    assert s.airflow_home == REPO_ROOT / "var" / "airflow"
+
+
+def test_relative_duckdb_path_is_relative_to_the_repo_and_four_slashes_is_absolute():
+    assert parse_warehouse_url("duckdb:///var/x.duckdb").path == REPO_ROOT / "var" / "x.duckdb"
+    assert parse_warehouse_url("duckdb:////tmp/x.duckdb").path == Path("/tmp/x.duckdb")
+
+
+def test_postgres_url_is_split_into_libpq_parts():
+    wh = parse_warehouse_url("postgresql://ana:s%40cret@db.example:6543/sales")
+    assert (wh.kind, wh.host, wh.port, wh.user, wh.password, wh.database) == (
+        "postgres", "db.example", 6543, "ana", "s@cret", "sales",
+    )
+    assert "dbname=sales" in wh.dsn()
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///x.db", "duckdb:///", "postgresql://localhost", "postgresql://h:notaport/db", "warehouse"]
+)
+def test_bad_url_names_the_variable_and_shows_an_example(url):
+    with pytest.raises(SettingsError) as err:
+        Settings.from_env({"TIDEMARK_WAREHOUSE_URL": url})
+    message = str(err.value)
+    assert "TIDEMARK_WAREHOUSE_URL" in message
+    assert "postgresql://postgres@127.0.0.1:5432/tidemark" in message
+
+
+def test_settings_are_frozen():
+    s = Settings.from_env({})
+    with pytest.raises(AttributeError):
+        s.home = Path("/elsewhere")
+
+
+def test_dbt_env_carries_the_target_and_turns_off_telemetry(tmp_path):
+    duck = Settings.from_env({"TIDEMARK_HOME": str(tmp_path)}).dbt_env()
+    assert duck["TIDEMARK_DBT_TARGET"] == "duckdb"
+    assert duck["TIDEMARK_DUCKDB_PATH"] == str(tmp_path / "warehouse.duckdb")
+    assert duck["DBT_SEND_ANONYMOUS_USAGE_STATS"] == "false"
+    pg = Settings.from_env({"TIDEMARK_WAREHOUSE_URL": "postgresql://postgres@127.0.0.1:5432/w"}).dbt_env()
+    assert (pg["TIDEMARK_DBT_TARGET"], pg["TIDEMARK_PG_DATABASE"], pg["TIDEMARK_PG_PORT"]) == ("postgres", "w", "5432")
+
+
+def test_airflow_state_stays_under_tidemark_home(tmp_path):
+    env = Settings.from_env({"TIDEMARK_HOME": str(tmp_path)}).airflow_env()
+    assert env["AIRFLOW_HOME"].startswith(str(tmp_path))
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}"
+    assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(REPO_ROOT / "dags")
