@@ -119,6 +119,18 @@ def features(
     typer.echo(json.dumps(summary, indent=2, default=str))
 
 
+@app.command()
+def demo() -> None:
+    """Run the end-to-end demo: simulate a history and build its features through real Airflow runs."""
+    from ml.demo import run_demo
+
+    try:
+        run_demo(_settings())
+    except RuntimeError as exc:
+        console.print(f"[red]demo failed:[/red] {exc}")
+        raise typer.Exit(1)
+
+
 def main() -> None:
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     app()

@@ -46,7 +46,7 @@ def run_dbt(
     """
     settings = settings or Settings.from_env()
     env = {**os.environ, **settings.dbt_env()}
-    cmd = [_dbt_executable(), *args]
+    cmd = [dbt_executable(), *args]
     if vars:
         cmd += ["--vars", json.dumps(vars)]
     proc = subprocess.run(
@@ -61,7 +61,8 @@ def run_dbt(
     return DbtResult(proc.returncode == 0, proc.returncode, proc.stdout or "", failures)
 
 
-def _dbt_executable() -> str:
+def dbt_executable() -> str:
+    """The dbt installed next to this Python (the project's virtualenv), else `dbt` on PATH."""
     candidate = Path(sys.executable).with_name("dbt")
     return str(candidate) if candidate.exists() else "dbt"
 

@@ -134,6 +134,8 @@ class Settings:
         return {
             "AIRFLOW_HOME": str(airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.repo_root / "dags"),
+            # The DAGs import the `ml` package from the repository root.
+            "PYTHONPATH": str(self.repo_root),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
             "AIRFLOW__CORE__UNIT_TEST_MODE": "False",

@@ -78,7 +78,8 @@ class Warehouse:
 
     def scalar(self, sql: str, params: tuple | None = None):
         if self.kind == "duckdb":
-            row = self._con.execute(sql, params or ()).fetchone()
+            rows = self._con.execute(sql, params or ()).fetchall()  # drains the result, freeing the connection
+            row = rows[0] if rows else None
         else:
             row = self._con.execute(sql, params).fetchone()
         return None if row is None else row[0]

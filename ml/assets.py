@@ -1,0 +1,9 @@
+"""The Airflow assets that connect the DAGs, defined once.
+
+An event on each carries the as-of interval it covers in its extra: {"start": ISO date, "end": ISO date}.
+"""
+
+from airflow.sdk import Asset
+
+RAW = Asset(name="raw", uri="tidemark://warehouse/raw")
+FEATURES = Asset(name="features", uri="tidemark://warehouse/marts/customer_features_daily")

@@ -1,0 +1,34 @@
+"""The whole test session runs against a throwaway TIDEMARK_HOME.
+
+Airflow reads its configuration once, when it is first imported, so the environment that points
+it (metadata DB, DAGs folder, logs) and the DAGs' warehouse at a temporary folder is set here,
+before any test module is collected.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ml.settings import Settings
+
+SESSION_HOME = Path(tempfile.mkdtemp(prefix="tidemark-tests-"))
+os.environ.update(Settings.from_env({"TIDEMARK_HOME": str(SESSION_HOME)}).airflow_env())
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def airflow_settings() -> Settings:
+    """Settings of the session home, with Airflow's metadata DB migrated and the pools created."""
+    from ml.orchestration import init_airflow
+
+    settings = Settings.from_env()
+    init_airflow(settings)
+    return settings

@@ -1,0 +1,139 @@
+"""Every DAG parses without errors, credentials or heavy imports, and is documented, owned and retried."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from ml.dbt_tasks import ManifestMissing, require_manifest
+from ml.orchestration import POOLS, WAREHOUSE_POOL
+from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
+
+DAGS_DIR = REPO_ROOT / "dags"
+DAG_IDS = {"ingest_raw", "build_features"}
+HEAVY_MODULES = ("pandas", "numpy", "pyarrow", "duckdb", "psycopg", "torch", "lightgbm", "sklearn", "evidently")
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_DIR), known_pools={"default_pool", *POOLS})
+
+
+@pytest.fixture(scope="module")
+def manifest() -> dict:
+    return json.loads(require_manifest(Settings.from_env()).read_text())
+
+
+def test_every_dag_imports_without_errors_or_unknown_pools(dagbag):
+    assert dagbag.import_errors == {}
+    assert set(dagbag.dag_ids) == DAG_IDS
+    assert dagbag.dag_warnings == set()
+
+
+@pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
+def test_every_dag_is_documented_tagged_owned_and_retried(dagbag, dag_id):
+    dag = dagbag.dags[dag_id]
+    assert dag.doc_md and dag.doc_md.lstrip().startswith(f"### {dag_id}")
+    assert "tidemark" in dag.tags
+    assert dag.catchup is False
+    assert dag.start_date.utcoffset().total_seconds() == 0
+    for task in dag.tasks:
+        assert task.owner == "tidemark", task.task_id
+        assert task.retries >= 1, task.task_id
+
+
+def test_parsing_imports_nothing_heavy_touches_no_database_and_is_quick(tmp_path):
+    """Parse in a fresh interpreter whose metadata DB and warehouse do not exist: nothing may connect."""
+    out = tmp_path / "parse.json"
+    code = f"""
+import json, sys, time
+from airflow.dag_processing.dagbag import DagBag
+started = time.perf_counter()
+bag = DagBag({str(DAGS_DIR)!r})
+seconds = time.perf_counter() - started
+from cosmos import telemetry
+json.dump({{
+    "errors": bag.import_errors,
+    "dags": sorted(bag.dag_ids),
+    "seconds": seconds,
+    "heavy": sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules),
+    "cosmos_telemetry": telemetry.should_emit(),
+    "target": bag.dags["build_features"].get_task("dbt.stg_simulator__customers_model_build")
+              .profile_config.target_name,
+}}, open({str(out)!r}, "w"))
+"""
+    env = {
+        **os.environ,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'missing' / 'airflow.db'}",
+        "TIDEMARK_WAREHOUSE_URL": "postgresql://nobody:secret@127.0.0.1:9/nowhere",
+    }
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["errors"] == {}
+    assert result["dags"] == sorted(DAG_IDS)
+    assert result["heavy"] == []
+    assert result["seconds"] < 5, f"parsing dags/ took {result['seconds']:.1f}s"
+    assert result["cosmos_telemetry"] is False
+    assert result["target"] == "postgres"
+
+
+def test_build_features_has_one_dbt_build_task_per_model(dagbag, manifest):
+    dag = dagbag.dags["build_features"]
+    models = {n["name"] for n in manifest["nodes"].values() if n["resource_type"] == "model"}
+    built = {
+        t.task_id.removeprefix("dbt.").removesuffix("_model_build") for t in dag.tasks if t.task_id.endswith("_model_build")
+    }
+    assert built == models
+    for name in models:
+        task = dag.get_task(f"dbt.{name}_model_build")
+        assert task.base_cmd == ["build"]
+        assert task.pool == WAREHOUSE_POOL
+        assert task.vars == {
+            "start_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['start'] }}",
+            "end_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['end'] }}",
+        }
+        assert task.env["DBT_SEND_ANONYMOUS_USAGE_STATS"] == "false"
+        assert "resolve_interval" in task.get_flat_relative_ids(upstream=True)
+
+
+def test_raw_source_tests_gate_the_staging_models(dagbag, manifest):
+    dag = dagbag.dags["build_features"]
+    for source in manifest["sources"].values():
+        task = dag.get_task(f"dbt.{source['source_name']}_{source['name']}_source")
+        assert task.base_cmd == ["test"]
+        assert task.select == f"source:{source['source_name']}.{source['name']}"
+        assert task.pool == WAREHOUSE_POOL
+        staging = f"dbt.stg_{source['source_name']}__{source['name']}_model_build"
+        assert staging in task.get_flat_relative_ids(upstream=False)
+    # a test across two sources runs once, in its own task, and also gates the staging models
+    usage = "dbt.stg_simulator__usage_events_model_build"
+    relationship = next(t for t in dag.task_ids if t.startswith("dbt.source_relationships_simulator_usage_events"))
+    assert relationship in dag.get_task(usage).upstream_task_ids
+
+
+def test_features_are_published_only_after_every_dbt_task(dagbag):
+    dag = dagbag.dags["build_features"]
+    publish = dag.get_task("publish_features")
+    dbt_tasks = {t.task_id for t in dag.tasks if t.task_id.startswith("dbt.")}
+    assert dbt_tasks <= publish.get_flat_relative_ids(upstream=True)
+    assert [o.name for o in publish.outlets] == ["features"]
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["raw"]
+
+
+def test_ingest_writes_through_the_warehouse_pool_and_emits_raw(dagbag):
+    load = dagbag.dags["ingest_raw"].get_task("load_raw")
+    assert load.pool == WAREHOUSE_POOL
+    assert [o.name for o in load.outlets] == ["raw"]
+
+
+def test_a_missing_manifest_says_to_run_make_install(tmp_path):
+    settings = Settings(home=tmp_path, warehouse=parse_warehouse_url("duckdb:///x.duckdb"), repo_root=tmp_path)
+    with pytest.raises(ManifestMissing, match="Run `make install`"):
+        require_manifest(settings)

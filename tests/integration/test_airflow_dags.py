@@ -1,0 +1,139 @@
+"""The DAGs for real: dag.test() runs of ingest_raw, then build_features, on a small simulated history.
+
+Both run against the session's throwaway TIDEMARK_HOME (tests/conftest.py): Airflow's SQLite metadata
+DB and a DuckDB warehouse. Every dbt node runs as its own task, in its own dbt process.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import pytest
+
+from ml.orchestration import describe_marts
+from ml.settings import REPO_ROOT
+from ml.warehouse import Warehouse
+
+SIM = {"seed": 11, "customers": 300, "sim_start": "2025-01-01", "drift_date": "2025-01-25"}
+BACKFILL = {"start": "2025-01-01", "end": "2025-02-09"}  # 40 days
+BAD_DAYS = {"start": "2025-02-10", "end": "2025-02-14"}
+FEATURES = "marts.customer_features_daily"
+
+
+@pytest.fixture(scope="module")
+def dags(airflow_settings):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
+    assert bag.import_errors == {}
+    for dag in bag.dags.values():
+        for task in dag.tasks:
+            task.retries = 0  # dag.test() would wait out the retry delay of a task that fails for good
+    return bag.dags
+
+
+def _asset_events(asset: str, run_id: str) -> list[dict]:
+    """Extras of the events on `asset` that the DAG run `run_id` emitted, read from Airflow's metadata DB."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = (
+            select(AssetEvent.extra)
+            .join(AssetModel, AssetModel.id == AssetEvent.asset_id)
+            .where(AssetModel.name == asset, AssetEvent.source_run_id == run_id)
+        )
+        return list(session.scalars(query))
+
+
+def _scheduled_by(asset: str) -> set[str]:
+    """The DAGs that Airflow's metadata DB says an event on `asset` schedules."""
+    from airflow.models.asset import AssetModel, DagScheduleAssetReference
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        query = (
+            select(DagScheduleAssetReference.dag_id)
+            .join(AssetModel, AssetModel.id == DagScheduleAssetReference.asset_id)
+            .where(AssetModel.name == asset)
+        )
+        return set(session.scalars(query))
+
+
+def _states(dag_run) -> dict[str, str]:
+    return {ti.task_id: str(ti.state) for ti in dag_run.get_task_instances()}
+
+
+def _scalar(settings, sql: str):
+    with Warehouse.connect(settings, read_only=True) as wh:
+        return wh.scalar(sql)
+
+
+def _feature_rows(settings, interval: dict) -> int:
+    with Warehouse.connect(settings, read_only=True) as wh:
+        if not wh.table_exists(FEATURES):
+            return 0
+        return wh.scalar(
+            f"select count(*) from {FEATURES} where as_of_date between '{interval['start']}' and '{interval['end']}'"
+        )
+
+
+def test_airflow_init_creates_one_slot_pools_and_pins_cosmos_telemetry_off(airflow_settings):
+    from airflow.models.pool import Pool
+
+    assert {name: Pool.get_pool(name).slots for name in ("warehouse", "gpu")} == {"warehouse": 1, "gpu": 1}
+    config = (airflow_settings.airflow_home / "airflow.cfg").read_text()
+    assert "[cosmos]\nenable_telemetry = False\n" in config
+
+
+def test_ingest_then_build_features_lands_raw_builds_marts_and_emits_the_assets(dags, airflow_settings):
+    ingest = dags["ingest_raw"].test(run_conf={**SIM, **BACKFILL})
+    assert ingest.state == "success", _states(ingest)
+    days = _scalar(airflow_settings, "select count(distinct ingest_date) from raw.usage_events")
+    first, last = (_scalar(airflow_settings, f"select {f}(ingest_date) from raw.usage_events") for f in ("min", "max"))
+    assert (days, str(first), str(last)) == (40, BACKFILL["start"], BACKFILL["end"])
+    assert _scalar(airflow_settings, "select count(distinct customer_id) from raw.customers") >= SIM["customers"]
+    assert _asset_events("raw", ingest.run_id) == [BACKFILL]
+    assert _scheduled_by("raw") == {"build_features"}
+
+    build = dags["build_features"].test(run_conf=BACKFILL)
+    states = _states(build)
+    assert build.state == "success", {t: s for t, s in states.items() if s != "success"}
+    assert set(states) == set(dags["build_features"].task_ids)
+    assert set(states.values()) == {"success"}
+    assert _asset_events("features", build.run_id) == [BACKFILL]
+
+    as_of_days = _scalar(
+        airflow_settings,
+        f"select count(distinct as_of_date) from {FEATURES} "
+        f"where as_of_date between '{BACKFILL['start']}' and '{BACKFILL['end']}'",
+    )
+    assert as_of_days == 40
+    summary = describe_marts(airflow_settings)[FEATURES]
+    assert summary["max_as_of_date"] == date.fromisoformat(BACKFILL["end"])
+    assert SIM["customers"] * 0.8 < summary["rows_on_as_of_date"] < SIM["customers"] * 1.2
+
+
+def test_a_bad_raw_row_stops_the_build_at_its_source_test_and_publishes_nothing(dags, airflow_settings, caplog):
+    ingest = dags["ingest_raw"].test(run_conf={**SIM, **BAD_DAYS})
+    assert ingest.state == "success", _states(ingest)
+    bad_day = date.fromisoformat(BAD_DAYS["start"]) + timedelta(days=2)
+    with Warehouse.connect(airflow_settings) as wh:  # the loader lands one customer twice
+        wh.execute(
+            "insert into raw.customers select customer_id, signup_date, plan_code, region, acquisition_channel, "
+            f"cast('{bad_day}' as date) from raw.customers where ingest_date = '{SIM['sim_start']}' limit 1"
+        )
+
+    build = dags["build_features"].test(run_conf=BAD_DAYS)
+
+    states = _states(build)
+    assert build.state == "failed"
+    assert states["dbt.simulator_customers_source"] == "failed"
+    assert states["dbt.stg_simulator__customers_model_build"] == "upstream_failed"
+    assert states["dbt.customer_features_daily_model_build"] == "upstream_failed"
+    assert states["publish_features"] == "upstream_failed"
+    assert _feature_rows(airflow_settings, BAD_DAYS) == 0
+    assert _asset_events("features", build.run_id) == []
+    assert "Failure in test source_unique_simulator_customers_customer_id" in caplog.text
