@@ -37,7 +37,7 @@ test: install
 
 bench: install
 	$(PY) bench/bench_simulate.py
-	$(PY) bench/bench_features.py
+	$(PY) bench/bench_features.py --customers 125000 --duckdb-memory-limit 14GB
 
 clean:
 	rm -rf var dbt_project/target dbt_project/logs
