@@ -128,6 +128,9 @@ class Warehouse:
         """
         for name, table in tables.items():
             self.ensure_table(name, table.schema)
+            if self.kind == "postgres":  # DuckDB's zone maps serve the delete; PostgreSQL needs an index
+                index = f"{name.split('.')[-1]}_{partition_col}_idx"
+                self.execute(f"create index if not exists {index} on {name} ({partition_col})")
         written = 0
         with self.transaction():
             for name, table in tables.items():
