@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Sequence
 
@@ -20,16 +19,6 @@ class DbtResult:
     returncode: int
     output: str
     failures: list[str]
-
-
-def interval_vars(start: date | None, end: date | None, **extra) -> dict:
-    """dbt vars for an incremental run over as_of dates [start, end]."""
-    out = dict(extra)
-    if start is not None:
-        out["start_date"] = start.isoformat()
-    if end is not None:
-        out["end_date"] = end.isoformat()
-    return out
 
 
 def run_dbt(
