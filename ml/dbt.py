@@ -46,7 +46,7 @@ def run_dbt(
         stdout=subprocess.PIPE if capture else None,
         stderr=subprocess.STDOUT if capture else None,
     )
-    failures = _failed_nodes(settings.dbt_project_dir / "target" / "run_results.json") if proc.returncode else []
+    failures = _failed_nodes(_target_path(args, settings.dbt_project_dir) / "run_results.json") if proc.returncode else []
     return DbtResult(proc.returncode == 0, proc.returncode, proc.stdout or "", failures)
 
 
@@ -54,6 +54,17 @@ def dbt_executable() -> str:
     """The dbt installed next to this Python (the project's virtualenv), else `dbt` on PATH."""
     candidate = Path(sys.executable).with_name("dbt")
     return str(candidate) if candidate.exists() else "dbt"
+
+
+def _target_path(args: Sequence[str], project_dir: Path) -> Path:
+    """Where this invocation writes its artifacts: `--target-path` when given, else dbt_project/target."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--target-path" and i + 1 < len(args):
+            return project_dir / args[i + 1]
+        if arg.startswith("--target-path="):
+            return project_dir / arg.split("=", 1)[1]
+    return project_dir / "target"
 
 
 def _failed_nodes(run_results: Path) -> list[str]:
