@@ -77,6 +77,8 @@ def build_features():
             load_method=LoadMode.DBT_MANIFEST,
             test_behavior=TestBehavior.BUILD,
             source_rendering_behavior=SourceRenderingBehavior.WITH_TESTS_OR_FRESHNESS,
+            # The public data sets are loaded and built on their own, not per simulated day.
+            exclude=["tag:public_data"],
             # Under BUILD, Cosmos 1.15 would run only `dbt source freshness` for a source, not its tests.
             node_converters={DbtResourceType.SOURCE: source_tests_task},
             # A test across two nodes (relationships) runs in its own task once both exist.

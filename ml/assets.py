@@ -7,3 +7,5 @@ from airflow.sdk import Asset
 
 RAW = Asset(name="raw", uri="tidemark://warehouse/raw")
 FEATURES = Asset(name="features", uri="tidemark://warehouse/marts/customer_features_daily")
+RETRAIN_REQUESTED = Asset(name="retrain_requested", uri="tidemark://ml/retrain_requested")
+CHAMPION = Asset(name="champion", uri="tidemark://registry/champion")

@@ -131,6 +131,159 @@ def demo() -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def train(
+    spec: str = typer.Option("churn", help="Spec name under ml/specs/ or a path to a spec file."),
+    as_of: Optional[str] = typer.Option(None, help="Use only labels known on this date (default: all closed labels)."),
+    run_id: Optional[str] = typer.Option(None, help="Name of this run's working directory (default: cli-<as-of or latest>)."),
+) -> None:
+    """Train a spec's candidates, evaluate them against the champion, and let the gate decide."""
+    from ml.data import DataError
+    from ml.registry import RegistryError
+    from ml.spec import SpecError, load_spec
+    from ml.train import TrainingError, train as run_training
+
+    settings = _settings()
+    try:
+        model_spec = load_spec(spec)
+        day = None if as_of is None else _parse_day(as_of, "--as-of")
+        with Progress(TextColumn("[bold]train"), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=console, transient=not console.is_terminal) as progress:
+            step = progress.add_task("", total=None)
+            result = run_training(
+                model_spec, settings, as_of=day, run_id=run_id or f"cli-{as_of or 'latest'}", actor=_actor(),
+                on_step=lambda name: (progress.update(step, description=name), console.log(f"{model_spec.name}: {name}")),
+            )
+    except (SpecError, DataError, TrainingError, RegistryError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    board = Table(title=f"candidates of {model_spec.name} on the test window")
+    for col in ("candidate", "device", "fit s", "val " + model_spec.primary_metric, "roc_auc", "pr_auc", "brier", "ece"):
+        board.add_column(col, justify="left" if col in ("candidate", "device") else "right")
+    for row in result["evaluation"]["leaderboard"]:
+        t = row["test"]
+        board.add_row(row["candidate"], row["device"], f"{row['fit_seconds']:.1f}",
+                      f"{row['validation'][model_spec.primary_metric]:.4f}",
+                      *(f"{t[m]:.4f}" for m in ("roc_auc", "pr_auc", "brier", "ece")))
+    console.print(board)
+    outcome = result["outcome"]
+    console.print(f"[bold]{outcome['version']}[/bold] {outcome['decision']}; champion "
+                  f"{outcome['champion_before']} -> {outcome['champion_after']}")
+    for reason in outcome["reasons"]:
+        console.print(f"  {reason}")
+
+
+def _actor() -> str:
+    import getpass
+
+    return os.environ.get("TIDEMARK_ACTOR") or f"cli:{getpass.getuser()}"
+
+
+registry_app = typer.Typer(no_args_is_help=True, help="Inspect the model registry, promote a version, roll back.")
+app.add_typer(registry_app, name="registry")
+
+
+def _registry():
+    from ml.registry import Registry, RegistryError
+
+    try:
+        return Registry.from_settings(_settings())
+    except RegistryError as exc:
+        console.print(f"[red]registry error:[/red] {exc}")
+        raise typer.Exit(2)
+
+
+@registry_app.command("list")
+def registry_list(model: Optional[str] = typer.Argument(None, help="Model name; all models when left out.")) -> None:
+    """Versions with their primary metric, and where the aliases point."""
+    reg = _registry()
+    for name in [model] if model else reg.models():
+        aliases = {a: reg.alias(name, a).version for a in ("champion", "challenger")}
+        table = Table(title=f"{name} in {reg.uri}")
+        for col in ("version", "created", "candidate", "as of", "roc_auc", "aliases"):
+            table.add_column(col)
+        for info in reg.versions(name):
+            m = info.manifest
+            tags = ", ".join(a for a, v in aliases.items() if v == info.version)
+            auc = m.get("metrics", {}).get("roc_auc")
+            table.add_row(info.version, m.get("created_at", "")[:19], m.get("candidate", ""), str(m.get("as_of")),
+                          "" if auc is None else f"{auc:.4f}", tags)
+        console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(
+    model: str,
+    version: Optional[str] = typer.Argument(None, help="Version id, e.g. v0002 (default: the champion)."),
+    history: bool = typer.Option(False, "--history", help="Print the champion alias history instead."),
+) -> None:
+    """A version's manifest as JSON, or the champion's history."""
+    from ml.registry import RegistryError
+
+    reg = _registry()
+    try:
+        if history:
+            typer.echo(json.dumps(list(reg.alias(model, "champion").history), indent=2))
+            return
+        version = version or reg.alias(model, "champion").version
+        if version is None:
+            raise RegistryError(f"{model!r} has no champion yet; name a version")
+        typer.echo(json.dumps(reg.get(model, version).manifest, indent=2, default=str))
+    except RegistryError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+
+
+@registry_app.command("promote")
+def registry_promote(
+    model: str, version: str, reason: str = typer.Option(..., help="Why; kept in the alias history."),
+    alias: str = typer.Option("champion"),
+) -> None:
+    """Point an alias at a version by hand (compare-and-swap; the gate is not consulted)."""
+    from ml.registry import RegistryError
+
+    try:
+        state = _registry().promote(model, version, actor=_actor(), reason=reason, alias=alias)
+    except RegistryError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    console.print(f"{model} {alias} -> {state.version}")
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    model: str, reason: str = typer.Option("manual rollback", help="Why; kept in the alias history."),
+) -> None:
+    """Point the champion back at the version it replaced."""
+    from ml.registry import RegistryError
+
+    try:
+        state = _registry().rollback(model, actor=_actor(), reason=reason)
+    except RegistryError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    console.print(f"{model} champion -> {state.version}")
+
+
+@app.command("load-csv")
+def load_csv_command(
+    path: str = typer.Argument(..., help="CSV file with a header row."),
+    table: str = typer.Argument(..., help="Raw table to replace, e.g. telco_customers (schema raw)."),
+) -> None:
+    """Load a CSV file into the warehouse as a raw table of text columns, replacing it atomically."""
+    from pathlib import Path
+
+    from ml.tables import load_csv
+
+    settings = _settings()
+    try:
+        rows = load_csv(settings, Path(path), table)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2)
+    console.print(f"{rows:,} rows loaded into raw.{table} in {settings.warehouse.url}")
+
+
 def main() -> None:
     os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
     app()

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 
 WAREHOUSE_POOL = "warehouse"
 GPU_POOL = "gpu"
+# Celery queue of the tasks that can use a GPU; executors without queues ignore it.
+GPU_QUEUE = os.environ.get("TIDEMARK_GPU_QUEUE", "gpu")
 POOLS = {
     WAREHOUSE_POOL: "One slot: DuckDB allows one writer, so every task that writes the warehouse queues here.",
     GPU_POOL: "One slot: training tasks that use the GPU run one at a time.",
@@ -122,6 +124,32 @@ def resolve_interval(
         return _interval(day, day, "the data interval")
     end = (data_interval_end - timedelta(microseconds=1)).date()
     return _interval(data_interval_start.date(), end, "the data interval")
+
+
+def resolve_as_of(
+    conf: Mapping[str, Any] | None,
+    triggering_asset_events: Mapping[Any, Iterable[Any]] | None,
+    data_interval_end: datetime | None,
+    run_after: datetime | None = None,
+) -> date:
+    """The as-of date of a training run: conf `as_of`, else the latest `as_of`/`end` in the triggering
+    asset events' extras, else the day before the data interval's end (or before run_after)."""
+    conf = conf or {}
+    if conf.get("as_of"):
+        return _day(conf["as_of"], "dag_run.conf as_of")
+    found = []
+    for events in (triggering_asset_events or {}).values():
+        for event in events:
+            extra = (event.get("extra") if isinstance(event, Mapping) else getattr(event, "extra", None)) or {}
+            value = extra.get("as_of") or extra.get("end")
+            if value:
+                found.append(_day(value, "the triggering asset event's as_of"))
+    if found:
+        return max(found)
+    moment = data_interval_end or run_after
+    if moment is None:
+        raise OrchestrationError('this run has no as-of date: pass dag_run.conf like {"as_of": "2025-04-01"}')
+    return (moment - timedelta(microseconds=1)).date()
 
 
 def interval_days(interval: Mapping[str, str]) -> list[date]:

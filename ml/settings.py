@@ -83,7 +83,13 @@ class Settings:
 
     home: Path
     warehouse: WarehouseTarget
+    registry_uri: str = ""
+    s3_endpoint_url: str | None = None
     repo_root: Path = REPO_ROOT
+
+    def __post_init__(self) -> None:
+        if not self.registry_uri:  # the embedded default: a directory under home
+            object.__setattr__(self, "registry_uri", (self.home / "registry").as_uri())
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -93,7 +99,14 @@ class Settings:
         if not home.is_absolute():
             home = REPO_ROOT / home
         url = env.get("TIDEMARK_WAREHOUSE_URL", "").strip() or f"duckdb:///{home / 'warehouse.duckdb'}"
-        return cls(home=home, warehouse=parse_warehouse_url(url))
+        registry = env.get("TIDEMARK_REGISTRY_URI", "").strip() or (home / "registry").as_uri()
+        if not registry.startswith(("file:///", "s3://")):
+            raise SettingsError(
+                f"TIDEMARK_REGISTRY_URI={registry!r} is not supported. "
+                "Valid examples: file:///abs/path/registry, s3://bucket/prefix"
+            )
+        endpoint = env.get("TIDEMARK_S3_ENDPOINT_URL", "").strip() or None
+        return cls(home=home, warehouse=parse_warehouse_url(url), registry_uri=registry, s3_endpoint_url=endpoint)
 
     @property
     def dbt_project_dir(self) -> Path:
@@ -146,4 +159,6 @@ class Settings:
             "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
             "TIDEMARK_HOME": str(self.home),
             "TIDEMARK_WAREHOUSE_URL": self.warehouse.url,
+            "TIDEMARK_REGISTRY_URI": self.registry_uri,
+            **({"TIDEMARK_S3_ENDPOINT_URL": self.s3_endpoint_url} if self.s3_endpoint_url else {}),
         }

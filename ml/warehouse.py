@@ -33,6 +33,21 @@ DECIMAL_COLUMNS = frozenset({"monthly_price", "amount"})
 _COPY_CHUNK = 1 << 20
 
 
+# Catalog spellings of the types above that differ from how they are declared, after _type_key.
+_TYPE_ALIASES = {"numeric(12,2)": "decimal(12,2)", "timestampwithouttimezone": "timestamp"}
+
+
+def _type_key(declared: str) -> str:
+    """A spelling of a column type that compares equal across declaration and catalog."""
+    key = declared.lower().replace(" ", "")
+    return _TYPE_ALIASES.get(key, key)
+
+
+def _quote(identifier: str) -> str:
+    """A double-quoted SQL identifier, the same in DuckDB and PostgreSQL."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 class WarehouseError(RuntimeError):
     """A warehouse operation failed; the message says which table or query."""
 
@@ -148,11 +163,61 @@ class Warehouse:
                 written += table.num_rows
         return written
 
+    def replace_table(self, qualified: str, table: pa.Table) -> int:
+        """Atomically replace the whole of `qualified` (schema.table) with `table`; returns its rows.
+
+        A table with the same columns is emptied and refilled, so views built on it stay in place.
+        A table with other columns is dropped and created anew (on PostgreSQL with the views built
+        on it, which dbt recreates on its next run). Column names are quoted as given.
+        """
+        schema_name = qualified.split(".", 1)[0]
+        self.execute(f"create schema if not exists {schema_name}")
+        wanted = [(f.name, self._column_type(f)) for f in table.schema]
+        with self.transaction():
+            if self._columns(qualified) == [(name, _type_key(kind)) for name, kind in wanted]:
+                self.execute(f"truncate {qualified}" if self.kind == "postgres" else f"delete from {qualified}")
+            else:
+                self.execute(f"drop table if exists {qualified}" + (" cascade" if self.kind == "postgres" else ""))
+                cols = ", ".join(f"{_quote(name)} {kind}" for name, kind in wanted)
+                self.execute(f"create table {qualified} ({cols})")
+            if self.kind == "duckdb":
+                self._con.register("_tidemark_incoming", table)
+                try:
+                    cols = ", ".join(_quote(name) for name in table.column_names)
+                    self._con.execute(f"insert into {qualified} ({cols}) select {cols} from _tidemark_incoming")
+                finally:
+                    self._con.unregister("_tidemark_incoming")
+            else:
+                self._copy_in(qualified, table)
+        return table.num_rows
+
+    def _column_type(self, field: pa.Field) -> str:
+        if field.name in DECIMAL_COLUMNS:
+            return "DECIMAL(12, 2)"
+        types = _DUCKDB_TYPES if self.kind == "duckdb" else _POSTGRES_TYPES
+        try:
+            return types[field.type]
+        except KeyError:
+            raise WarehouseError(f"column {field.name!r} has Arrow type {field.type}, which has no warehouse type")
+
+    def _columns(self, qualified: str) -> list[tuple[str, str]]:
+        """(name, declared type) of each column of `qualified`, in order; empty when it does not exist."""
+        schema, name = qualified.split(".", 1)
+        if self.kind == "duckdb":
+            sql = "select column_name, data_type from information_schema.columns "
+            sql += "where table_schema = ? and table_name = ? order by ordinal_position"
+            rows = self._con.execute(sql, (schema, name)).fetchall()
+        else:
+            sql = "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a "
+            sql += "where a.attrelid = to_regclass(%s) and a.attnum > 0 and not a.attisdropped order by a.attnum"
+            rows = self._con.execute(sql, (f"{_quote(schema)}.{_quote(name)}",)).fetchall()
+        return [(col, _type_key(kind)) for col, kind in rows]
+
     def _copy_in(self, name: str, table: pa.Table) -> None:
         buf = io.BytesIO()
         pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False))
         data = buf.getbuffer()
-        cols = ", ".join(table.column_names)
+        cols = ", ".join(_quote(col) for col in table.column_names)
         with self._con.cursor() as cur:
             with cur.copy(f"copy {name} ({cols}) from stdin with (format csv)") as copy:
                 for start in range(0, len(data), _COPY_CHUNK):

@@ -14,7 +14,7 @@ from ml.orchestration import POOLS, WAREHOUSE_POOL
 from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
 
 DAGS_DIR = REPO_ROOT / "dags"
-DAG_IDS = {"ingest_raw", "build_features"}
+DAG_IDS = {"ingest_raw", "build_features", "train_model"}
 HEAVY_MODULES = ("pandas", "numpy", "pyarrow", "duckdb", "psycopg", "torch", "lightgbm", "sklearn", "evidently")
 
 
@@ -86,7 +86,7 @@ json.dump({{
 
 def test_build_features_has_one_dbt_build_task_per_model(dagbag, manifest):
     dag = dagbag.dags["build_features"]
-    models = {n["name"] for n in manifest["nodes"].values() if n["resource_type"] == "model"}
+    models = {n["name"] for n in _simulator_nodes(manifest["nodes"]) if n["resource_type"] == "model"}
     built = {
         t.task_id.removeprefix("dbt.").removesuffix("_model_build") for t in dag.tasks if t.task_id.endswith("_model_build")
     }
@@ -105,7 +105,7 @@ def test_build_features_has_one_dbt_build_task_per_model(dagbag, manifest):
 
 def test_raw_source_tests_gate_the_staging_models(dagbag, manifest):
     dag = dagbag.dags["build_features"]
-    for source in manifest["sources"].values():
+    for source in _simulator_nodes(manifest["sources"]):
         task = dag.get_task(f"dbt.{source['source_name']}_{source['name']}_source")
         assert task.base_cmd == ["test"]
         assert task.select == f"source:{source['source_name']}.{source['name']}"
@@ -116,6 +116,18 @@ def test_raw_source_tests_gate_the_staging_models(dagbag, manifest):
     usage = "dbt.stg_simulator__usage_events_model_build"
     relationship = next(t for t in dag.task_ids if t.startswith("dbt.source_relationships_simulator_usage_events"))
     assert relationship in dag.get_task(usage).upstream_task_ids
+
+
+def test_build_features_leaves_out_the_public_data_sets(dagbag, manifest):
+    nodes = [*manifest["nodes"].values(), *manifest["sources"].values()]
+    public = [n["name"] for n in nodes if "public_data" in n["tags"]]
+    assert {"stg_public_data__telco_customers", "telco_customers", "bank_contacts"} <= set(public)
+    assert [t for t in dagbag.dags["build_features"].task_ids if "public_data" in t] == []
+
+
+def _simulator_nodes(nodes: dict) -> list[dict]:
+    """The manifest nodes that build_features renders: all but the public data sets (tag:public_data)."""
+    return [n for n in nodes.values() if "public_data" not in n["tags"]]
 
 
 def test_features_are_published_only_after_every_dbt_task(dagbag):
@@ -137,3 +149,23 @@ def test_a_missing_manifest_says_to_run_make_install(tmp_path):
     settings = Settings(home=tmp_path, warehouse=parse_warehouse_url("duckdb:///x.duckdb"), repo_root=tmp_path)
     with pytest.raises(ManifestMissing, match="Run `make install`"):
         require_manifest(settings)
+
+
+def test_train_model_maps_one_task_per_candidate_and_routes_pytorch_to_the_gpu_pool(dagbag):
+    from ml.spec import load_spec
+
+    dag = dagbag.dags["train_model"]
+    spec = load_spec("churn")
+    cpu, gpu = dag.get_task("train_cpu"), dag.get_task("train_gpu")
+    assert cpu.op_kwargs_expand_input.value["candidate"] == [c.name for c in spec.candidates if c.kind != "torch_mlp"]
+    assert gpu.op_kwargs_expand_input.value["candidate"] == [c.name for c in spec.candidates if c.kind == "torch_mlp"]
+    assert (gpu.pool, gpu.queue) == ("gpu", "gpu")
+    assert dag.get_task("extract").pool == WAREHOUSE_POOL and dag.get_task("promote").pool == WAREHOUSE_POOL
+    chain = ["extract", "evaluate", "gate", "promote", "champion_changed", "publish_champion"]
+    for upstream, downstream in zip(chain, chain[1:]):
+        assert upstream in dag.get_task(downstream).upstream_task_ids
+    assert {"train_cpu", "train_gpu"} <= dag.get_task("evaluate").upstream_task_ids
+    assert [o.name for o in dag.get_task("publish_champion").outlets] == ["champion"]
+    # weekly, and also whenever retraining is requested
+    assert "retrain_requested" in str(dag.timetable.asset_condition)
+    assert dag.timetable.timetable.expression == "0 0 * * 0"  # @weekly

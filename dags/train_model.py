@@ -1,0 +1,112 @@
+"""
+### train_model
+
+Trains the candidates of a model spec (`ml/specs/<name>.yaml`, `TIDEMARK_MODEL_SPEC`, default `churn`),
+compares the best one with the current champion on the same out-of-time rows, and lets the promotion
+gate decide. Runs on the spec's schedule (weekly) and whenever the `retrain_requested` asset is updated.
+
+1. `extract` reads every label known at the as-of date (conf `as_of`, else the triggering event's
+   `as_of`, else the run's data interval end) from the warehouse as Arrow, and splits it by time with
+   gaps of at least the label horizon.
+2. `train_cpu` / `train_gpu` fit one candidate per mapped task. The PyTorch candidates run in the `gpu`
+   pool and on the `gpu` queue, so a deployment can route them to GPU workers.
+3. `evaluate` picks the challenger on validation and scores it and the champion on the test window,
+   with a paired bootstrap interval on the primary metric's difference.
+4. `gate` applies the spec's promotion policy. `promote` publishes the version to the registry, records
+   the decision in the registry and in `ml.model_promotions`, and moves the champion alias when it passed.
+5. `publish_champion` updates the `champion` asset only when the champion changed.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+
+from ml.assets import CHAMPION, RETRAIN_REQUESTED
+from ml.orchestration import GPU_POOL, GPU_QUEUE, WAREHOUSE_POOL, resolve_as_of
+from ml.settings import Settings
+from ml.spec import load_spec
+
+settings = Settings.from_env()
+SPEC_NAME = os.environ.get("TIDEMARK_MODEL_SPEC", "churn")
+spec = load_spec(SPEC_NAME)
+CPU_CANDIDATES = [c.name for c in spec.candidates if not c.uses_gpu]
+GPU_CANDIDATES = [c.name for c in spec.candidates if c.uses_gpu]
+
+
+@dag(
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable(spec.schedule or "@weekly", timezone="UTC"), assets=[RETRAIN_REQUESTED]
+    ),
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["tidemark", "training", spec.name],
+    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+)
+def train_model():
+    @task(pool=WAREHOUSE_POOL)
+    def extract(dag_run=None, triggering_asset_events=None, data_interval_end=None) -> dict:
+        """Read and split the labelled rows known at the as-of date."""
+        from ml.train import extract_step
+
+        as_of = resolve_as_of(dag_run.conf, triggering_asset_events, data_interval_end, dag_run.run_after)
+        return extract_step(spec, settings, dag_run.run_id, as_of)
+
+    @task
+    def train_cpu(candidate: str, data: dict) -> dict:
+        """Fit one CPU candidate."""
+        from ml.train import train_step
+
+        return train_step(spec, data, candidate)
+
+    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    def train_gpu(candidate: str, data: dict) -> dict:
+        """Fit one PyTorch candidate: on CUDA when the worker has a GPU, else on the CPU."""
+        from ml.train import train_step
+
+        return train_step(spec, data, candidate)
+
+    @task
+    def evaluate(data: dict, cpu: list[dict], gpu: list[dict]) -> dict:
+        """Challenger and champion on the same out-of-time test rows."""
+        from ml.train import evaluate_step
+
+        return evaluate_step(spec, settings, data, [*cpu, *gpu])
+
+    @task
+    def gate(evaluation: dict) -> dict:
+        """The spec's promotion policy, with a reason for every check."""
+        from ml.train import gate_step
+
+        return gate_step(spec, evaluation)
+
+    @task(pool=WAREHOUSE_POOL)
+    def promote(data: dict, evaluation: dict, decision: dict, dag_run=None) -> dict:
+        """Publish the version, record the decision, move the champion if the gate passed."""
+        from ml.train import promote_step
+
+        return promote_step(spec, settings, data, evaluation, decision, run_id=dag_run.run_id)
+
+    @task.short_circuit
+    def champion_changed(outcome: dict) -> bool:
+        return outcome["champion_after"] != outcome["champion_before"]
+
+    @task(outlets=[CHAMPION])
+    def publish_champion(outcome: dict, outlet_events=None) -> dict:
+        """Announce the new champion to the DAGs that score with it."""
+        outlet_events[CHAMPION].extra = {"model": outcome["model"], "version": outcome["version"]}
+        return outcome
+
+    data = extract()
+    cpu = train_cpu.partial(data=data).expand(candidate=CPU_CANDIDATES)
+    gpu = train_gpu.partial(data=data).expand(candidate=GPU_CANDIDATES) if GPU_CANDIDATES else []
+    evaluation = evaluate(data, cpu, gpu)
+    outcome = promote(data, evaluation, gate(evaluation))
+    champion_changed(outcome) >> publish_champion(outcome)
+
+
+train_model()
