@@ -123,6 +123,21 @@ class SearchSpec(_Strict):
     max_trials: int = Field(8, ge=1)
 
 
+class ScoringSpec(_Strict):
+    shards: int = Field(1, ge=1, le=64, description="entity-hash shards scored by parallel mapped tasks")
+    batch_rows: int = Field(200_000, ge=1_000, description="rows per Arrow record batch read from the warehouse")
+
+
+class MonitoringSpec(_Strict):
+    sample_rows: int = Field(5_000, ge=100, description="rows sampled in the warehouse for each drift check")
+    columns: tuple[str, ...] | None = Field(None, description="columns checked for drift; default: every feature")
+    exclude: tuple[str, ...] = Field((), description="columns never checked, e.g. ones that age by design")
+    drift_share: float = Field(0.3, gt=0, le=1, description="dataset drift when this share of columns drifted")
+    consecutive_days: int = Field(2, ge=1, description="days of dataset drift in a row that request a retrain")
+    decay_tolerance: float = Field(0.05, ge=0, description="realized primary metric below the champion's test metric by more")
+    cooldown_days: int = Field(14, ge=0, description="no new drift or decay request within this many days of the last")
+
+
 class ModelSpec(_Strict):
     name: str
     description: str = ""
@@ -137,6 +152,8 @@ class ModelSpec(_Strict):
     threshold: ThresholdSpec = ThresholdSpec()
     promotion: PromotionSpec = PromotionSpec()
     search: SearchSpec = SearchSpec()
+    scoring: ScoringSpec = ScoringSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
     schedule: str | None = "@weekly"
     seed: int = 0
 
