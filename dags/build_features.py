@@ -77,8 +77,9 @@ def build_features():
             load_method=LoadMode.DBT_MANIFEST,
             test_behavior=TestBehavior.BUILD,
             source_rendering_behavior=SourceRenderingBehavior.WITH_TESTS_OR_FRESHNESS,
-            # The public data sets are loaded and built on their own, not per simulated day.
-            exclude=["tag:public_data"],
+            # The public data sets are loaded and built on their own, not per simulated day; the
+            # score marts are built by score_batch, once ml.predictions holds the new scores.
+            exclude=["tag:public_data", "tag:scores"],
             # Under BUILD, Cosmos 1.15 would run only `dbt source freshness` for a source, not its tests.
             node_converters={DbtResourceType.SOURCE: source_tests_task},
             # A test across two nodes (relationships) runs in its own task once both exist.

@@ -9,3 +9,5 @@ RAW = Asset(name="raw", uri="tidemark://warehouse/raw")
 FEATURES = Asset(name="features", uri="tidemark://warehouse/marts/customer_features_daily")
 RETRAIN_REQUESTED = Asset(name="retrain_requested", uri="tidemark://ml/retrain_requested")
 CHAMPION = Asset(name="champion", uri="tidemark://registry/champion")
+# Its extra also names the model and version that scored: {"start", "end", "model", "version"}.
+PREDICTIONS = Asset(name="predictions", uri="tidemark://warehouse/ml/predictions")

@@ -1,96 +1,222 @@
 """The end-to-end demo on the embedded defaults: real Airflow task runs over a simulated history.
 
-1. `ingest_raw` lands a history of raw days (one backfill run over a date range);
-2. `build_features` builds the feature and label marts for that range with dbt (one task per model);
-3. one more day goes through both DAGs the way the daily schedule runs it;
-4. a summary of the marts is printed and written to TIDEMARK_HOME/demo/summary.json.
+1. `ingest_raw` lands a history with a drift event, and `build_features` builds its marts;
+2. `train_model` trains the candidates and promotes the first champion before the drift;
+3. `score_batch` and `monitor_model` score and watch the following weeks, a week per run;
+4. when monitoring requests a retrain, `train_model` runs for that date and the gate decides;
+5. a timeline is printed and `<TIDEMARK_HOME>/demo/summary.json` is written.
+
+The demo keeps its own state in `<TIDEMARK_HOME>/demo/` and starts from an empty one each time, so a
+second run makes the same decisions as the first.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from dataclasses import replace
 from datetime import date, timedelta
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from ml.settings import Settings
+from ml.settings import Settings, parse_warehouse_url
 
 console = Console()
 
-DEMO_SIM = {"seed": 7, "customers": 2_000, "sim_start": "2025-01-01", "drift_date": "2025-04-01"}
-HISTORY_DAYS = 110
+DEMO_SIM = {"seed": 7, "customers": 2_000, "sim_start": "2024-08-01", "drift_date": "2025-03-20"}
+HISTORY_END = date(2025, 4, 20)
+FIRST_TRAIN_AS_OF = date(2025, 3, 14)
+CHUNK_DAYS = 7
+SPEC = "churn"
+
+
+def demo_settings(settings: Settings) -> Settings:
+    """The demo's own sandbox under TIDEMARK_HOME: warehouse, registry and Airflow state."""
+    home = settings.home / "demo"
+    if settings.warehouse.kind == "duckdb":
+        warehouse = parse_warehouse_url(f"duckdb:///{home / 'warehouse.duckdb'}")
+    else:
+        warehouse = settings.warehouse
+    registry = (home / "registry").as_uri() if settings.registry_uri.startswith("file:") else settings.registry_uri
+    return replace(settings, home=home, warehouse=warehouse, registry_uri=registry)
 
 
 def run_demo(settings: Settings | None = None) -> dict[str, Any]:
-    settings = settings or Settings.from_env()
+    started = time.perf_counter()
+    settings = demo_settings(settings or Settings.from_env())
+    if settings.home.exists():
+        console.print(f"starting over: removing the previous demo state in {settings.home}")
+        shutil.rmtree(settings.home)
+    settings.home.mkdir(parents=True)
     os.environ.update(settings.airflow_env())  # before Airflow is imported: it reads its config once
     os.environ.update({k: v for k, v in settings.dbt_env().items() if k.startswith(("DBT_", "DO_NOT"))})
+    os.environ["TIDEMARK_MODEL_SPEC"] = SPEC
     from airflow.dag_processing.dagbag import DagBag
 
-    from ml.orchestration import describe_marts, init_airflow
+    from ml.orchestration import init_airflow
 
-    started = time.perf_counter()
-    timeline: list[dict[str, Any]] = []
     with console.status("preparing Airflow's metadata database and pools"):
         init_airflow(settings)
     bag = DagBag(dag_folder=str(settings.repo_root / "dags"))
     if bag.import_errors:
         raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    runs: list[dict[str, Any]] = []
+
+    def run(dag_id: str, conf: dict, what: str) -> Any:
+        label = conf.get("as_of") or f"{conf['start']}..{conf['end']}"
+        console.rule(f"[bold]{dag_id}[/bold] {label}: {what}")
+        t0 = time.perf_counter()
+        dag_run = bag.dags[dag_id].test(run_conf=conf)
+        states = {f"{ti.task_id}[{ti.map_index}]": str(ti.state) for ti in dag_run.get_task_instances()}
+        runs.append({"dag": dag_id, "conf": label, "state": str(dag_run.state), "tasks": len(states),
+                     "seconds": round(time.perf_counter() - t0, 1)})
+        if str(dag_run.state) != "success":
+            failed = sorted(t for t, s in states.items() if s not in ("success", "skipped"))
+            raise RuntimeError(f"{dag_id} run {dag_run.run_id} ended {dag_run.state}; tasks not successful: {failed}")
+        return dag_run
 
     first = date.fromisoformat(DEMO_SIM["sim_start"])
-    history = {"start": str(first), "end": str(first + timedelta(days=HISTORY_DAYS - 2))}
-    daily_day = first + timedelta(days=HISTORY_DAYS - 1)
-    daily = {"start": str(daily_day), "end": str(daily_day)}
+    history = {"start": str(first), "end": str(HISTORY_END)}
+    run("ingest_raw", {**DEMO_SIM, **history}, "land the raw history with its drift event (backfill)")
+    run("build_features", history, "build features and labels for the history")
+    run("train_model", {"as_of": str(FIRST_TRAIN_AS_OF)}, "train the candidates; the gate picks the first champion")
 
-    steps = [
-        ("ingest_raw", history, "land the raw history (backfill)"),
-        ("build_features", history, "build features and labels for the history"),
-        ("ingest_raw", daily, "land one more day"),
-        ("build_features", daily, "daily incremental feature build"),
-    ]
-    for dag_id, interval, what in steps:
-        console.rule(f"[bold]{dag_id}[/bold] {interval['start']}..{interval['end']}: {what}")
-        t0 = time.perf_counter()
-        run = bag.dags[dag_id].test(run_conf={**DEMO_SIM, **interval} if dag_id == "ingest_raw" else interval)
-        seconds = time.perf_counter() - t0
-        states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
-        timeline.append({"dag": dag_id, **interval, "state": str(run.state), "tasks": len(states), "seconds": round(seconds, 1)})
-        if str(run.state) != "success":
-            failed = sorted(t for t, s in states.items() if s != "success")
-            raise RuntimeError(f"{dag_id} run {run.run_id} ended {run.state}; tasks not successful: {failed}")
+    day = FIRST_TRAIN_AS_OF + timedelta(days=1)
+    while day <= HISTORY_END:
+        chunk = {"start": str(day), "end": str(min(day + timedelta(days=CHUNK_DAYS - 1), HISTORY_END))}
+        run("score_batch", chunk, "the champion scores each day into ml.predictions")
+        run("monitor_model", chunk, "drift, realized performance and retrain triggers")
+        for request in _requests(settings, chunk):
+            run("train_model", {"as_of": request["as_of"]}, f"retrain requested ({request['reason']})")
+        day = date.fromisoformat(chunk["end"]) + timedelta(days=1)
 
-    marts = describe_marts(settings)
-    summary = {
-        "days": HISTORY_DAYS,
-        "simulation": DEMO_SIM,
-        "warehouse": settings.warehouse.url,
-        "timeline": timeline,
-        "marts": marts,
-        "duration_s": round(time.perf_counter() - started, 1),
-    }
-    out = settings.home / "demo" / "summary.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    summary = _summary(settings, runs, first)
+    summary["duration_s"] = round(time.perf_counter() - started, 1)
+    out = settings.home / "summary.json"
     out.write_text(json.dumps(summary, indent=2, default=str))
     _print(summary, out)
     return summary
 
 
+def _rows(settings: Settings, sql: str) -> list[dict]:
+    from ml.warehouse import Warehouse
+
+    with Warehouse.connect(settings, read_only=True) as wh:
+        return wh.read_arrow(sql).to_pylist()
+
+
+def _requests(settings: Settings, chunk: dict) -> list[dict]:
+    rows = _rows(settings, "select requested_on, reason from ml.retrain_requests where model_name = 'churn' "
+                           f"and requested_on between date '{chunk['start']}' and date '{chunk['end']}' "
+                           "order by requested_on") if _has(settings, "ml.retrain_requests") else []
+    return [{"as_of": str(r["requested_on"])[:10], "reason": r["reason"]} for r in rows]
+
+
+def _has(settings: Settings, table: str) -> bool:
+    from ml.warehouse import Warehouse
+
+    with Warehouse.connect(settings, read_only=True) as wh:
+        return wh.table_exists(table)
+
+
+def _summary(settings: Settings, runs: list[dict], first: date) -> dict[str, Any]:
+    from ml.registry import Registry
+    from ml.spec import load_spec
+
+    registry = Registry.from_settings(settings)
+    history = registry.alias(SPEC, "champion").history
+    versions = {v.version: v.manifest for v in registry.versions(SPEC)}
+    promotions = _rows(settings, "select candidate_version, candidate, decision, reasons, champion_version, "
+                                 "challenger_metric, champion_metric, diff_ci_low, diff_ci_high "
+                                 "from ml.model_promotions order by candidate_version")
+    daily = _rows(settings, """
+        select p.as_of_date, p.model_version, p.rows, d.drift_share, d.dataset_drift, m.roc_auc as realized_roc_auc
+        from (select as_of_date, model_version, count(*) as rows from ml.predictions
+              where model_name = 'churn' group by 1, 2) p
+        left join ml.drift_metrics d
+          on d.as_of_date = p.as_of_date and d.model_name = 'churn' and d.column_name = '__dataset__'
+        left join ml.model_performance m
+          on m.as_of_date = p.as_of_date - {h} and m.model_name = 'churn'
+        order by p.as_of_date
+    """.format(h=load_spec(SPEC).label.horizon_days))
+    requests = _rows(settings, "select requested_on, reason, detail from ml.retrain_requests order by requested_on") \
+        if _has(settings, "ml.retrain_requests") else []
+    return {
+        "days": (HISTORY_END - first).days + 1,
+        "simulation": {**DEMO_SIM, "history_end": str(HISTORY_END)},
+        "warehouse": settings.warehouse.url,
+        "registry": settings.registry_uri,
+        "champion_history": [
+            {"version": e["to"], "promoted_on": versions.get(e["to"], {}).get("as_of"), "action": e["action"],
+             "reason": _why(e, {p["candidate_version"]: p for p in promotions})} for e in history
+        ],
+        "drift_detected_on": [str(r["as_of_date"])[:10] for r in daily if r["dataset_drift"]],
+        "retrain_requests": [{"date": str(r["requested_on"])[:10], "reason": r["reason"],
+                              "detail": json.loads(r["detail"])} for r in requests],
+        "promotions": [
+            {"date": versions.get(p["candidate_version"], {}).get("as_of"), "version": p["candidate_version"],
+             "candidate": p["candidate"], "decision": p["decision"], "against": p["champion_version"],
+             "roc_auc": p["challenger_metric"], "champion_roc_auc": p["champion_metric"],
+             "gain_ci": [p["diff_ci_low"], p["diff_ci_high"]], "reasons": json.loads(p["reasons"])}
+            for p in promotions
+        ],
+        "prediction_rows": sum(r["rows"] for r in daily),
+        "timeline": [{**r, "as_of_date": str(r["as_of_date"])[:10]} for r in daily],
+        "reports": str(settings.registry_uri) + "/monitoring/churn/",
+        "runs": runs,
+    }
+
+
+def _why(entry: dict, promotions: dict[str, dict]) -> str:
+    """A one-line reason for a change of champion, from the gate's evidence."""
+    p = promotions.get(entry["to"])
+    if entry["action"] != "promote" or p is None:
+        return entry["reason"]
+    if p["champion_version"] is None:
+        return f"first champion: roc_auc {p['challenger_metric']:.4f} cleared the floors and sanity checks"
+    return (f"beat {p['champion_version']}: roc_auc {p['challenger_metric']:.4f} vs {p['champion_metric']:.4f}, "
+            f"95% CI of the gain [{p['diff_ci_low']:+.4f}, {p['diff_ci_high']:+.4f}]")
+
+
 def _print(summary: dict[str, Any], path) -> None:
-    table = Table(title="Airflow runs")
-    for col in ("dag", "start", "end", "state", "tasks", "seconds"):
-        table.add_column(col, justify="right" if col in ("tasks", "seconds") else "left")
-    for row in summary["timeline"]:
-        table.add_row(*(str(row[c]) for c in ("dag", "start", "end", "state", "tasks", "seconds")))
-    console.print(table)
-    marts = Table(title=f"what was built in {summary['warehouse']}")
-    marts.add_column("relation")
-    marts.add_column("summary")
-    for name, info in summary["marts"].items():
-        text = ", ".join(f"{k}={v}" for k, v in info.items()) if isinstance(info, dict) else str(info)
-        marts.add_row(name, text)
-    console.print(marts)
-    console.print(f"demo finished in {summary['duration_s']}s; summary written to {path}")
+    runs = Table(title="Airflow runs (dag.test)")
+    for col in ("dag", "conf", "state", "tasks", "seconds"):
+        runs.add_column(col, justify="right" if col in ("tasks", "seconds") else "left")
+    for row in summary["runs"]:
+        runs.add_row(*(str(row[c]) for c in ("dag", "conf", "state", "tasks", "seconds")))
+    console.print(runs)
+    events: dict[str, list[str]] = {}
+    for r in summary["retrain_requests"]:
+        events.setdefault(r["date"], []).append(f"retrain requested: {r['reason']}")
+    for p in summary["promotions"]:
+        if p["date"]:
+            events.setdefault(p["date"], []).append(f"{p['version']} ({p['candidate']}) {p['decision']}")
+    timeline = Table(title="timeline: the champion scoring and being watched, day by day")
+    for col in ("as of", "model", "scored", "drift share", "drift", "realized AUC", "event"):
+        timeline.add_column(col, justify="right" if col in ("scored", "drift share", "realized AUC") else "left")
+    for r in summary["timeline"]:
+        share = "" if r["drift_share"] is None else f"{r['drift_share']:.2f}"
+        auc = "" if r["realized_roc_auc"] is None else f"{r['realized_roc_auc']:.3f}"
+        timeline.add_row(r["as_of_date"], r["model_version"], f"{r['rows']:,}", share,
+                         "DRIFT" if r["dataset_drift"] else "", auc, "; ".join(events.get(r["as_of_date"], [])))
+    console.print(timeline)
+    decisions = Table(title="promotion decisions")
+    for col in ("as of", "version", "candidate", "decision", "test AUC", "champion AUC", "gain 95% CI"):
+        decisions.add_column(col)
+    for p in summary["promotions"]:
+        ci = "" if p["gain_ci"][0] is None else f"[{p['gain_ci'][0]:+.4f}, {p['gain_ci'][1]:+.4f}]"
+        champion = "" if p["champion_roc_auc"] is None else f"{p['champion_roc_auc']:.4f}"
+        decisions.add_row(str(p["date"]), p["version"], p["candidate"], p["decision"], f"{p['roc_auc']:.4f}",
+                          champion, ci)
+    console.print(decisions)
+    for p in summary["promotions"]:
+        console.print(f"[bold]{p['version']}[/bold] {p['decision']}:")
+        for reason in p["reasons"]:
+            console.print(f"    {reason}")
+    console.print(f"monitoring reports: {summary['reports']}")
+    console.print(f"{summary['prediction_rows']:,} predictions; demo finished in {summary['duration_s']}s; "
+                  f"summary written to {path}")

@@ -10,7 +10,8 @@ import hashlib
 import io
 from contextlib import contextmanager
 from datetime import date
-from typing import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -31,6 +32,14 @@ _POSTGRES_TYPES = {**_DUCKDB_TYPES, pa.float64(): "DOUBLE PRECISION", pa.string(
 # Money columns are stored as exact decimals in both warehouses.
 DECIMAL_COLUMNS = frozenset({"monthly_price", "amount"})
 _COPY_CHUNK = 1 << 20
+
+
+# PostgreSQL type OIDs of query results, and the Arrow type each is read as.
+_POSTGRES_OIDS = {
+    16: pa.bool_(), 20: pa.int64(), 21: pa.int16(), 23: pa.int32(), 700: pa.float32(), 701: pa.float64(),
+    1082: pa.date32(), 1114: pa.timestamp("us"), 1184: pa.timestamp("us", tz="UTC"),
+}
+_NUMERIC_OID = 1700
 
 
 # Catalog spellings of the types above that differ from how they are declared, after _type_key.
@@ -237,6 +246,104 @@ class Warehouse:
             return pa.table({})
         return pacsv.read_csv(buf, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
 
+    def stream_arrow(self, sql: str, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+        """Run a query and yield its result as Arrow record batches of at most `batch_rows` rows.
+
+        Memory stays bounded by a few batches, whatever the result's size: DuckDB hands over its
+        result batch by batch, PostgreSQL's COPY output is parsed as it arrives.
+        """
+        if batch_rows < 1:
+            raise WarehouseError(f"batch_rows must be at least 1, got {batch_rows}")
+        if self.kind == "duckdb":
+            reader = self._con.sql(sql).to_arrow_reader(batch_rows)
+            yield from _rebatched(reader, batch_rows)
+            return
+        schema = self._result_schema(sql)
+        block_size = max(1 << 20, min(64 << 20, 24 * batch_rows * len(schema)))
+        read = pacsv.ReadOptions(column_names=schema.names, block_size=block_size)
+        convert = pacsv.ConvertOptions(column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False,
+                                       true_values=["t"], false_values=["f"])
+        with self._con.cursor() as cur:
+            with cur.copy(f"copy ({sql}) to stdout with (format csv)") as copy:
+                stream = io.BufferedReader(_CopyStream(copy), buffer_size=1 << 20)
+                reader = pacsv.open_csv(stream, read_options=read, convert_options=convert)
+                yield from _rebatched(reader, batch_rows)
+
+    def _result_schema(self, sql: str) -> pa.Schema:
+        """The Arrow schema that a PostgreSQL query's columns are read as (unknown types: strings)."""
+        with self._con.cursor() as cur:
+            cur.execute(f"select * from ({sql}) as q limit 0")
+            fields = []
+            for col in cur.description:
+                if col.type_code == _NUMERIC_OID:  # numeric(p, s); unconstrained or wider ones as double
+                    exact = col.precision and col.precision <= 38
+                    kind = pa.decimal128(col.precision, col.scale) if exact else pa.float64()
+                else:
+                    kind = _POSTGRES_OIDS.get(col.type_code, pa.string())
+                fields.append(pa.field(col.name, kind))
+        return pa.schema(fields)
+
+    def bucket_sql(self, expression: str, buckets: int, *, integer: bool) -> str:
+        """A SQL expression mapping `expression` to a bucket in [0, buckets), the same in both warehouses.
+
+        Integers go by their absolute value modulo `buckets`; anything else by the first 32 bits of
+        the MD5 of its text form.
+        """
+        if integer:
+            return f"(abs({expression}) % {int(buckets)})"
+        digest = f"substr(md5(cast({expression} as varchar)), 1, 8)"
+        number = f"('0x' || {digest})::bigint" if self.kind == "duckdb" else f"('x' || {digest})::bit(32)::bigint"
+        return f"({number} % {int(buckets)})"
+
+    def replace_rows(
+        self,
+        qualified: str,
+        schema: pa.Schema,
+        parts: Sequence[tuple[Mapping[str, Any], Sequence[Path]]],
+        *,
+        before_commit: Callable[[], None] | None = None,
+    ) -> int:
+        """Replace row sets of `qualified` with the rows of Parquet files, all in one transaction.
+
+        `parts` pairs a filter (`{column: value}`, all must hold) with the files whose rows replace the
+        rows it matches. A failure at any point, the process dying included, leaves the table as it was.
+        `before_commit` runs after the last insert, inside the transaction. Returns the rows inserted.
+        """
+        import pyarrow.parquet as pq
+
+        self.ensure_table(qualified, schema)
+        keys = list(parts[0][0]) if parts else []
+        if any(list(where) != keys for where, _ in parts):
+            raise WarehouseError(f"replace_rows into {qualified}: every part must filter on the same columns {keys}")
+        if self.kind == "postgres" and keys:  # the deletes need an index on PostgreSQL
+            index = f"{qualified.split('.')[-1]}_{'_'.join(keys)}_idx"
+            self.execute(f"create index if not exists {index} on {qualified} ({', '.join(keys)})")
+        marker = "?" if self.kind == "duckdb" else "%s"
+        condition = " and ".join(f"{_quote(key)} = {marker}" for key in keys) or "true"
+        cols = ", ".join(_quote(name) for name in schema.names)
+        written = 0
+        with self.transaction():
+            for where, files in parts:
+                self.execute(f"delete from {qualified} where {condition}", tuple(where.values()))
+                files = [Path(f) for f in files]
+                if not files:
+                    continue
+                if self.kind == "duckdb":
+                    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+                    self.execute(f"insert into {qualified} ({cols}) select {cols} from read_parquet([{listed}])")
+                else:
+                    with self._con.cursor() as cur:
+                        with cur.copy(f"copy {qualified} ({cols}) from stdin with (format csv)") as copy:
+                            for path in files:
+                                for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=schema.names):
+                                    buf = io.BytesIO()
+                                    pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
+                                    copy.write(buf.getbuffer())
+                written += sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+            if before_commit is not None:
+                before_commit()
+        return written
+
     def content_hash(self, qualified: str, key: str) -> str:
         """sha256 over a table's rows in key order, as Arrow IPC; stable for the same contents."""
         digest = hashlib.sha256()
@@ -245,3 +352,34 @@ class Warehouse:
         for batch in table.combine_chunks().to_batches(max_chunksize=65_536):
             digest.update(batch.serialize().to_pybytes())
         return digest.hexdigest()
+
+
+class _CopyStream(io.RawIOBase):
+    """A readable byte stream over the data blocks of a psycopg COPY ... TO STDOUT."""
+
+    def __init__(self, copy):
+        self._blocks = iter(copy)
+        self._rest = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        size, filled = len(buffer), 0
+        while filled < size:
+            if not self._rest:
+                block = next(self._blocks, None)
+                if block is None:
+                    break
+                self._rest = memoryview(block)
+            n = min(size - filled, len(self._rest))
+            buffer[filled : filled + n] = self._rest[:n]
+            self._rest, filled = self._rest[n:], filled + n
+        return filled
+
+
+def _rebatched(reader, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """The batches of a reader, sliced so that none holds more than `batch_rows` rows; empty ones dropped."""
+    for batch in reader:
+        for start in range(0, batch.num_rows, batch_rows):
+            yield batch.slice(start, batch_rows)

@@ -1,0 +1,87 @@
+"""
+### monitor_model
+
+Watches the champion after it scores: runs whenever the `predictions` asset is updated (or with conf
+`{"start": ..., "end": ...}` for a range of days), one day at a time in date order.
+
+1. `check_drift` runs Evidently's DataDriftPreset on a bounded sample of each day's features and scores,
+   drawn inside the warehouse, against the reference sample stored with the champion at training time.
+   Per-column and dataset results go to `ml.drift_metrics`; the HTML and JSON reports go to the
+   artifact store under `monitoring/<model>/<date>/` and their paths are logged.
+2. `track_performance` scores the predictions of the as-of dates whose labels have matured (one label
+   horizon earlier) into `ml.model_performance`.
+3. `decide_retrain` asks for retraining on dataset drift on k days in a row, or when the realized
+   primary metric falls below the champion's test metric by more than the spec's tolerance, unless a
+   request was made within the cooldown. `request_retrain` then updates the `retrain_requested` asset,
+   with the reason in its extra, which schedules train_model.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import dag, task
+
+from ml.assets import PREDICTIONS, RETRAIN_REQUESTED
+from ml.orchestration import WAREHOUSE_POOL, resolve_interval
+from ml.settings import Settings
+from ml.spec import load_spec
+
+settings = Settings.from_env()
+spec = load_spec(os.environ.get("TIDEMARK_MODEL_SPEC", "churn"))
+
+
+@dag(
+    schedule=[PREDICTIONS],
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["tidemark", "monitoring", spec.name],
+    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+)
+def monitor_model():
+    @task(task_id="resolve_interval")
+    def resolve(dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None):
+        """The as-of dates this run checks."""
+        return resolve_interval(dag_run.conf, triggering_asset_events, data_interval_start, data_interval_end,
+                                asset_name=PREDICTIONS.name)
+
+    @task(pool=WAREHOUSE_POOL)
+    def check_drift(interval: dict) -> list[dict]:
+        """Drift of features and scores per day, against the champion's reference sample."""
+        from ml.watch import drift_for_interval
+
+        return drift_for_interval(spec, settings, interval)
+
+    @task(pool=WAREHOUSE_POOL)
+    def track_performance(interval: dict) -> list[dict]:
+        """Realized metrics for the dates whose labels matured."""
+        from ml.watch import performance_for_interval
+
+        return performance_for_interval(spec, settings, interval)
+
+    @task(pool=WAREHOUSE_POOL)
+    def decide_retrain(interval: dict, drift: list[dict], performance: list[dict]) -> dict | None:
+        """The first day in the interval on which a trigger fires, outside the cooldown."""
+        from ml.watch import decide_for_interval
+
+        return decide_for_interval(spec, settings, interval)
+
+    @task.short_circuit
+    def retrain_needed(request: dict | None) -> bool:
+        return request is not None
+
+    @task(outlets=[RETRAIN_REQUESTED])
+    def request_retrain(request: dict, outlet_events=None) -> dict:
+        """Update `retrain_requested`; its extra carries the model, the reason and the as-of date."""
+        outlet_events[RETRAIN_REQUESTED].extra = request
+        return request
+
+    interval = resolve()
+    request = decide_retrain(interval, check_drift(interval), track_performance(interval))
+    retrain_needed(request) >> request_retrain(request)
+
+
+monitor_model()

@@ -1,0 +1,94 @@
+"""
+### score_batch
+
+Scores the feature rows of the days that the `features` asset announces with the champion of a model
+spec (`ml/specs/<name>.yaml`, `TIDEMARK_MODEL_SPEC`, default `churn`), into `ml.predictions`. Runs
+whenever `build_features` publishes new days; a backfill is a manual run with conf
+`{"start": "2025-03-01", "end": "2025-03-31"}`.
+
+1. `resolve_interval` picks the days (conf `start`/`end`, else the triggering `features` events'
+   interval, else the data interval) and pins the run to one champion version and one `scored_at`
+   time, so every shard and every retry writes the same rows.
+2. `score_shard` is mapped over the spec's `scoring.shards` entity-hash shards. Each streams its rows
+   from the warehouse as Arrow record batches, scores them, and writes one Parquet file per day under
+   `TIDEMARK_HOME/runs/score/<run_id>/`.
+3. `publish` replaces each day's (model, as_of_date) partition of `ml.predictions` with the rows of
+   every shard in one transaction, then emits the `predictions` asset with
+   `{"start", "end", "model", "version"}`. A retry or a rerun overwrites; nothing is appended twice.
+4. `refresh_scores_mart` runs `dbt build --select tag:scores` (`marts.customer_churn_scores_latest`).
+
+Every task that opens the warehouse queues in the `warehouse` pool: DuckDB lets no reader in while
+a writer holds the file. On PostgreSQL, give the pool more slots to score the shards in parallel.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pendulum
+from airflow.sdk import dag, task
+
+from ml.assets import FEATURES, PREDICTIONS
+from ml.orchestration import WAREHOUSE_POOL, interval_days, resolve_interval
+from ml.settings import Settings
+from ml.spec import load_spec
+
+settings = Settings.from_env()
+SPEC_NAME = os.environ.get("TIDEMARK_MODEL_SPEC", "churn")
+spec = load_spec(SPEC_NAME)
+SHARDS = list(range(spec.scoring.shards))
+
+
+@dag(
+    schedule=[FEATURES],
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["tidemark", "scoring", spec.name],
+    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+)
+def score_batch():
+    @task(task_id="resolve_interval")
+    def resolve(dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None) -> dict:
+        """The days to score, the champion version and the run's scored_at time."""
+        from ml.score import champion_version
+
+        interval = resolve_interval(dag_run.conf, triggering_asset_events, data_interval_start, data_interval_end,
+                                    asset_name=FEATURES.name)
+        scored_at = dag_run.start_date or dag_run.run_after
+        return {**interval, "model": spec.name, "version": champion_version(spec, settings),
+                "scored_at": scored_at.isoformat()}
+
+    @task(pool=WAREHOUSE_POOL)
+    def score_shard(shard: int, plan: dict, dag_run=None) -> dict:
+        """Score one entity-hash shard of every day into Parquet files."""
+        from ml.score import score_shard
+
+        return score_shard(spec, settings, interval_days(plan), shard, len(SHARDS), dag_run.run_id,
+                           plan["scored_at"], version=plan["version"])
+
+    @task(pool=WAREHOUSE_POOL, outlets=[PREDICTIONS])
+    def publish(plan: dict, shards: list[dict], outlet_events=None) -> dict:
+        """Swap every day's partition of ml.predictions for the shards' rows, then announce it."""
+        from ml.score import publish_predictions
+
+        result = publish_predictions(spec, settings, list(shards))
+        outlet_events[PREDICTIONS].extra = {"start": plan["start"], "end": plan["end"], "model": result["model"],
+                                            "version": result["version"]}
+        return result
+
+    @task(pool=WAREHOUSE_POOL)
+    def refresh_scores_mart(published: dict) -> dict:
+        """Rebuild and test the dbt models on ml.predictions."""
+        from ml.score import build_scores_mart
+
+        build_scores_mart(settings)
+        return published
+
+    plan = resolve()
+    shards = score_shard.partial(plan=plan).expand(shard=SHARDS)
+    refresh_scores_mart(publish(plan, shards))
+
+
+score_batch()
