@@ -38,6 +38,8 @@ test: install
 bench: install
 	$(PY) bench/bench_simulate.py
 	$(PY) bench/bench_features.py --customers 125000 --duckdb-memory-limit 14GB
+	$(PY) bench/bench_scoring.py
+	$(PY) bench/bench_drift.py
 
 clean:
 	rm -rf var dbt_project/target dbt_project/logs

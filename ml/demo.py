@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import replace
 from datetime import date, timedelta
@@ -25,7 +26,8 @@ from rich.table import Table
 
 from ml.settings import Settings, parse_warehouse_url
 
-console = Console()
+# Wide enough for the timeline when the output goes to a file or a CI log rather than a terminal.
+console = Console(width=None if sys.stdout.isatty() else 140)
 
 DEMO_SIM = {"seed": 7, "customers": 2_000, "sim_start": "2024-08-01", "drift_date": "2025-03-20"}
 HISTORY_END = date(2025, 4, 20)
@@ -206,7 +208,7 @@ def _print(summary: dict[str, Any], path) -> None:
     console.print(timeline)
     decisions = Table(title="promotion decisions")
     for col in ("as of", "version", "candidate", "decision", "test AUC", "champion AUC", "gain 95% CI"):
-        decisions.add_column(col)
+        decisions.add_column(col, no_wrap=True)
     for p in summary["promotions"]:
         ci = "" if p["gain_ci"][0] is None else f"[{p['gain_ci'][0]:+.4f}, {p['gain_ci'][1]:+.4f}]"
         champion = "" if p["champion_roc_auc"] is None else f"{p['champion_roc_auc']:.4f}"
