@@ -9,6 +9,7 @@ duplicates or drops a row.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -58,6 +59,12 @@ class ScoringError(RuntimeError):
 
 
 # -- the champion ---------------------------------------------------------------------------------
+def _matches(path: Path, meta: dict) -> bool:
+    if not path.is_file() or path.stat().st_size != meta["size"]:
+        return False
+    return hashlib.sha256(path.read_bytes()).hexdigest() == meta["sha256"]
+
+
 def champion_version(spec: ModelSpec, settings: Settings) -> str:
     """The version the `champion` alias points at; a clear error when there is none yet."""
     registry = Registry.from_settings(settings)
@@ -78,17 +85,22 @@ def load_champion(spec: ModelSpec, settings: Settings, version: str | None = Non
     """
     version = version or champion_version(spec, settings)
     registry = Registry.from_settings(settings)
-    directory = _cached_download(registry, spec.name, version, settings.home / "cache" / "models")
+    directory = cached_version(registry, spec.name, version, settings.home / "cache" / "models")
     manifest = json.loads((directory / MANIFEST).read_text())
     if not isinstance(manifest.get("threshold"), (int, float)):
         raise ScoringError(f"{spec.name} {version}: the registry manifest has no decision threshold; retrain it")
     return load_candidate(directory), manifest, version
 
 
-def _cached_download(registry: Registry, model: str, version: str, root: Path) -> Path:
+def cached_version(registry: Registry, model: str, version: str, root: Path) -> Path:
+    """A local copy of a version whose every file matches the registry's sha256; fetched when missing or altered."""
     dest = root / model / version
     if (dest / MANIFEST).is_file():
-        return dest
+        files = registry.get(model, version).manifest["files"]
+        if all(_matches(dest / name, meta) for name, meta in files.items()):
+            return dest
+        log.warning("cached copy of %s %s in %s no longer matches the registry; fetching it again", model, version, dest)
+        shutil.rmtree(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = dest.parent / f".{version}.{uuid.uuid4().hex}"
     registry.download(model, version, staging)

@@ -9,6 +9,7 @@ from pathlib import Path
 from ml.monitor import check_drift, realized_performance
 from ml.orchestration import interval_days
 from ml.registry import Registry
+from ml.score import cached_version
 from ml.settings import Settings
 from ml.spec import ModelSpec
 from ml.triggers import check_triggers
@@ -26,10 +27,7 @@ def champion(spec: ModelSpec, settings: Settings) -> tuple[str, Path, dict]:
     version = registry.alias(spec.name, "champion").version
     if version is None:
         raise MonitoringError(f"{spec.name!r} has no champion to monitor; run train_model (or `python -m ml train`) first")
-    directory = settings.home / "cache" / "models" / spec.name / version
-    if not (directory / "manifest.json").exists():
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        registry.download(spec.name, version, directory)
+    directory = cached_version(registry, spec.name, version, settings.home / "cache" / "models")
     return version, directory, registry.get(spec.name, version).manifest
 
 

@@ -330,3 +330,18 @@ def test_score_batch_dag_scores_publishes_and_builds_the_latest_scores_mart(worl
     assert {r["customer_id"]: r["as_of_date"] for r in latest} == {r["customer_id"]: r["as_of_date"] for r in scored}
     assert {r["model_version"] for r in latest} == {"v0001"}
     assert sum(r["as_of_date"] == end for r in latest) == _partition(settings, end)["rows"]
+
+
+def test_a_cached_champion_that_was_altered_is_fetched_again_before_it_scores(world):
+    from ml.score import load_champion
+
+    settings, spec = world["settings"], world["spec"]
+    model, manifest, version = load_champion(spec, settings)
+    cached = settings.home / "cache" / "models" / spec.name / version
+    artifact = next(cached / name for name in manifest["files"] if name.startswith("model."))
+    good = artifact.read_bytes()
+    artifact.write_bytes(good[: len(good) // 2])  # truncated behind the cache's back
+
+    reloaded, _, again = load_champion(spec, settings)
+    assert again == version
+    assert artifact.read_bytes() == good  # the registry's verified copy replaced it
