@@ -5,11 +5,27 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import date
+from pathlib import Path
 
 import pytest
 
-from ml.settings import Settings, parse_warehouse_url
+from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
 from ml.simulate import SimConfig
+
+# The real public data sets live beside the repository (../shared/data), never inside it.
+PUBLIC_DATA_CANDIDATES = [
+    Path(p) for p in (os.environ.get("TIDEMARK_PUBLIC_DATA"), REPO_ROOT.parent / "shared" / "data", "/work/shared/data") if p
+]
+PUBLIC_DATA_FILES = ("telco_customer_churn.csv", "bank_marketing.csv")
+
+
+def public_data_dir() -> Path | None:
+    """The first folder holding both public CSVs: $TIDEMARK_PUBLIC_DATA, ../shared/data, /work/shared/data."""
+    for folder in PUBLIC_DATA_CANDIDATES:
+        if all((folder / name).is_file() for name in PUBLIC_DATA_FILES):
+            return folder
+    return None
+
 
 PG_ADMIN_DSN = os.environ.get("TIDEMARK_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 

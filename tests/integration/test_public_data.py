@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from ml.dbt import run_dbt
-from ml.settings import REPO_ROOT
 from ml.tables import TableLoadError, load_csv
 from ml.warehouse import Warehouse
+from tests.fixtures import PUBLIC_DATA_CANDIDATES, public_data_dir
 
-DATA_DIR = REPO_ROOT.parent / "shared" / "data"
+DATA_DIR = public_data_dir() or PUBLIC_DATA_CANDIDATES[0]
 TELCO, BANK = DATA_DIR / "telco_customer_churn.csv", DATA_DIR / "bank_marketing.csv"
 pytestmark = pytest.mark.skipif(
-    not (TELCO.exists() and BANK.exists()), reason=f"the public data sets are not in {DATA_DIR}"
+    public_data_dir() is None, reason=f"the public data sets are in none of {[str(p) for p in PUBLIC_DATA_CANDIDATES]}"
 )
 
 TELCO_COLUMNS = [

@@ -7,18 +7,20 @@ marketing without `duration` 0.79-0.80), measured on a stratified random holdout
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 
 from ml.dbt import run_dbt
 from ml.registry import Registry
-from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
+from ml.settings import Settings, parse_warehouse_url
 from ml.spec import load_spec
 from ml.tables import load_csv
 from ml.train import train
+from tests.fixtures import PUBLIC_DATA_CANDIDATES, public_data_dir
 
-DATA = REPO_ROOT.parent / "shared" / "data"
+DATA = public_data_dir()
+pytestmark = pytest.mark.skipif(
+    DATA is None, reason=f"the public data sets are in none of {[str(p) for p in PUBLIC_DATA_CANDIDATES]}"
+)
 CASES = {
     # spec: (csv, raw table, floor on the challenger's test ROC-AUC)
     "telco": ("telco_customer_churn.csv", "telco_customers", 0.83),
