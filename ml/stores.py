@@ -9,7 +9,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Protocol

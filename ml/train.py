@@ -107,7 +107,6 @@ def evaluate_step(spec: ModelSpec, settings: Settings, extract_info: dict, train
         raise TrainingError(f"no candidate of spec {spec.name!r} finished training")
     metric = spec.primary_metric
     ranked = sorted(trained, key=lambda t: t["validation"][metric], reverse=METRICS[metric].higher_is_better)
-    best = ranked[0]
     _, y_val = load_split(ex, "validation")
     X_test, y_test = load_split(ex, "test")
     test_table = pq.read_table(ex.directory / "test.parquet")

@@ -2,7 +2,6 @@
 
 from datetime import date, timedelta
 
-import pytest
 
 from ml.dbt import run_dbt
 from ml.ingest import load_days

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 
 from ml.ingest import RAW_SCHEMA, load_days, raw_table_hashes
-from ml.simulate import RAW_KEYS, SimConfig, simulate
+from ml.simulate import RAW_KEYS, simulate
 from ml.warehouse import Warehouse
 
 TABLES = [f"{RAW_SCHEMA}.{name}" for name in RAW_KEYS]

@@ -8,7 +8,6 @@ at that warehouse, a test spec and a local registry.
 from __future__ import annotations
 
 import json
-import os
 from datetime import date, timedelta
 
 import pytest

@@ -1,6 +1,5 @@
 from datetime import date, timedelta
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
