@@ -118,8 +118,10 @@ def sample_sql(spec: ModelSpec, features: str, columns: FeatureSchema, day: date
     part = f"select {cols} from {features} where {when} = {_lit(day)}"
     if partition_rows <= rows:
         sampled = part
-    elif kind == "duckdb":  # USING SAMPLE binds before WHERE, so it samples the filtered subquery
-        sampled = f"select * from ({part}) p using sample reservoir({rows} rows) repeatable ({seed})"
+    elif kind == "duckdb":
+        # A seeded hash sample: the same rows on every run and thread count (a reservoir sample's
+        # REPEATABLE holds only single-threaded), without moving the day out of the warehouse.
+        sampled = f"{part} order by md5(cast({key} as varchar) || '{seed}') limit {rows}"
     else:  # Bernoulli over the table, oversampled so the LIMIT rarely leaves fewer than `rows`
         percent = min(100.0, 100.0 * rows * 1.2 / partition_rows + 0.01)
         sampled = (f"select {cols} from {features} tablesample bernoulli ({percent:.6f}) repeatable ({seed}) "
