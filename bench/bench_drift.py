@@ -146,7 +146,7 @@ def full_data(spec_, settings: Settings, version_dir: Path, cap: int | None) -> 
     with Warehouse.connect(settings, read_only=True) as wh:
         total = int(wh.scalar(f"select count(*) from {features.qualified} where as_of_date = date '{DAY}'"))
         rows = min(total, cap or total)
-        sql = sample_sql(spec_, features.qualified, base, DAY, kind=wh.kind, rows=rows, partition_rows=total, seed=11,
+        sql = sample_sql(spec_, features.qualified, base, DAY, rows=rows, partition_rows=total, seed=11,
                          score_version="v0001")
         table = wh.read_arrow(sql)
     current = to_frame(table, columns)

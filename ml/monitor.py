@@ -110,22 +110,19 @@ def _lit(value: str | date) -> str:
     return f"date '{value.isoformat()}'" if isinstance(value, date) else "'" + str(value).replace("'", "''") + "'"
 
 
-def sample_sql(spec: ModelSpec, features: str, columns: FeatureSchema, day: date, *, kind: str, rows: int,
+def sample_sql(spec: ModelSpec, features: str, columns: FeatureSchema, day: date, *, rows: int,
                partition_rows: int, seed: int, score_version: str | None) -> str:
-    """One day of the features relation sampled to at most `rows` inside the warehouse, with the day's scores."""
+    """One day of the features relation sampled to at most `rows` inside the warehouse, with the day's scores.
+
+    The sample is the rows with the smallest seeded md5 of their key: the same rows on every run, thread
+    count and warehouse, whatever order the rows were stored in (a reservoir sample's REPEATABLE holds only
+    single-threaded, and PostgreSQL's TABLESAMPLE ... REPEATABLE depends on the table's physical layout).
+    """
     key, when = spec.entity_key, spec.time_column
     cols = ", ".join([key, *columns.columns])
-    part = f"select {cols} from {features} where {when} = {_lit(day)}"
-    if partition_rows <= rows:
-        sampled = part
-    elif kind == "duckdb":
-        # A seeded hash sample: the same rows on every run and thread count (a reservoir sample's
-        # REPEATABLE holds only single-threaded), without moving the day out of the warehouse.
-        sampled = f"{part} order by md5(cast({key} as varchar) || '{seed}') limit {rows}"
-    else:  # Bernoulli over the table, oversampled so the LIMIT rarely leaves fewer than `rows`
-        percent = min(100.0, 100.0 * rows * 1.2 / partition_rows + 0.01)
-        sampled = (f"select {cols} from {features} tablesample bernoulli ({percent:.6f}) repeatable ({seed}) "
-                   f"where {when} = {_lit(day)} order by md5(cast({key} as text) || '{seed}') limit {rows}")
+    sampled = f"select {cols} from {features} where {when} = {_lit(day)}"
+    if partition_rows > rows:
+        sampled += f" order by md5(cast({key} as varchar) || '{seed}') limit {rows}"
     if score_version is None:
         return sampled
     return (f"select s.*, p.score as {SCORE} from ({sampled}) s left join {PREDICTIONS} p "
@@ -207,7 +204,7 @@ def _current(spec: ModelSpec, settings: Settings, day: date, columns: FeatureSch
                                "features first")
         scored = _scored_by(wh, spec.name, day)
         version = model_version if model_version in scored else None
-        sql = sample_sql(spec, features.qualified, columns, day, kind=wh.kind, rows=spec.monitoring.sample_rows,
+        sql = sample_sql(spec, features.qualified, columns, day, rows=spec.monitoring.sample_rows,
                          partition_rows=partition_rows, seed=seed, score_version=version)
         sample = wh.read_arrow(sql)
     note = None

@@ -29,7 +29,7 @@ from ml.ingest import load_days
 from ml.models import load_candidate
 from ml.monitor import (
     DATASET_ROW, MonitorError, check_drift, drift_columns, drift_history, performance_history, read_snapshot,
-    realized_performance,
+    realized_performance, sample_sql,
 )
 from ml.registry import Registry
 from ml.settings import Settings, parse_warehouse_url
@@ -223,6 +223,14 @@ def test_drift_metrics_and_realized_performance_on_postgresql(world, postgres_se
     for _ in range(2):
         check = check_drift(small, pg, DRIFTED[0], model_version="v0001", version_dir=world["version_dir"])
     assert check["current_rows"] == 500 < check["partition_rows"] == world["checks"][DRIFTED[0]]["partition_rows"]
+    # the sample is the same 500 customers on both warehouses, whatever order the rows were copied in
+    sql = sample_sql(small, FEATURES, FeatureSchema(("monthly_price",), ()), DRIFTED[0], rows=500,
+                     partition_rows=check["partition_rows"], seed=7, score_version=None)
+    sampled = []
+    for settings in (world["settings"], pg):
+        with Warehouse.connect(settings, read_only=True) as wh:
+            sampled.append(sorted(wh.read_arrow(sql)["customer_id"].to_pylist()))
+    assert len(sampled[0]) == 500 and sampled[0] == sampled[1]
     assert check["dataset_drift"] is True and {"monthly_price", "score"} <= set(check["drifted_columns"])
     assert len(_drift_rows(pg, DRIFTED[0])) == 21
     assert drift_history(pg, "churn", DRIFTED[0], 1)[0]["dataset_drift"] is True
