@@ -11,12 +11,17 @@ export DO_NOT_TRACK := 1
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export SCARF_ANALYTICS := false
 
-.PHONY: install demo test bench clean help
+.PHONY: install demo demo-server test test-server browser airflow airflow-celery airflow-status airflow-stop bench clean help
 
 help:
 	@echo "make demo   - install (first time) and run the end-to-end demo on the embedded defaults"
 	@echo "make test   - install (first time) and run the test suite"
+	@echo "make demo-server - the same demo on PostgreSQL (database tidemark_demo) and a registry on a local S3 API (moto)"
 	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make airflow        - start Airflow (api-server, scheduler, dag-processor, triggerer) on the embedded defaults"
+	@echo "make airflow-celery - the same with the CeleryExecutor on Redis, metadata on PostgreSQL, a gpu-queue worker"
+	@echo "make airflow-stop   - stop what make airflow / airflow-celery started"
+	@echo "make test-server    - the server tests: Celery, REST API, browser, PostgreSQL+S3 demo, Terraform"
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)
@@ -32,8 +37,34 @@ install: $(STAMP) $(MANIFEST)
 demo: install
 	$(PY) -m ml demo
 
+demo-server: install
+	$(PY) -m ml demo --server
+
 test: install
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/server
+
+# Debian's Chromium for the browser test (root installs it; others are told how).
+browser:
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "no chromium: install it (sudo apt-get install chromium) or the browser test is skipped"; fi; }
+
+test-server: install browser
+	$(PY) -m pytest tests/server
+
+airflow: install
+	$(PY) -m ml airflow start
+
+airflow-celery: install
+	$(PY) -m ml airflow start --profile celery
+
+airflow-status:
+	$(PY) -m ml airflow status
+
+airflow-stop:
+	$(PY) -m ml airflow stop
 
 bench: install
 	$(PY) bench/bench_simulate.py

@@ -10,10 +10,11 @@ Watches the champion after it scores: runs whenever the `predictions` asset is u
    artifact store under `monitoring/<model>/<date>/` and their paths are logged.
 2. `track_performance` scores the predictions of the as-of dates whose labels have matured (one label
    horizon earlier) into `ml.model_performance`.
-3. `decide_retrain` asks for retraining on dataset drift on k days in a row, or when the realized
-   primary metric falls below the champion's test metric by more than the spec's tolerance, unless a
-   request was made within the cooldown. `request_retrain` then updates the `retrain_requested` asset,
-   with the reason in its extra, which schedules train_model.
+3. `decide_retrain` updates the `monitoring` asset (the interval's rows are written), then asks for
+   retraining on dataset drift on k days in a row, or when the realized primary metric falls below the
+   champion's test metric by more than the spec's tolerance, unless a request was made within the cooldown.
+   `request_retrain` then updates the `retrain_requested` asset, with the reason in its extra, which
+   schedules train_model.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import os
 import pendulum
 from airflow.sdk import dag, task
 
-from ml.assets import PREDICTIONS, RETRAIN_REQUESTED
+from ml.assets import MONITORING, PREDICTIONS, RETRAIN_REQUESTED
 from ml.orchestration import WAREHOUSE_POOL, resolve_interval
 from ml.settings import Settings
 from ml.spec import load_spec
@@ -62,11 +63,13 @@ def monitor_model():
 
         return performance_for_interval(spec, settings, interval)
 
-    @task(pool=WAREHOUSE_POOL)
-    def decide_retrain(interval: dict, drift: list[dict], performance: list[dict]) -> dict | None:
+    @task(pool=WAREHOUSE_POOL, outlets=[MONITORING])
+    def decide_retrain(interval: dict, drift: list[dict], performance: list[dict], outlet_events=None) -> dict | None:
         """The first day in the interval on which a trigger fires, outside the cooldown."""
         from ml.watch import decide_for_interval
 
+        # The interval's drift and performance rows are written: announce them whatever is decided.
+        outlet_events[MONITORING].extra = {"start": interval["start"], "end": interval["end"]}
         return decide_for_interval(spec, settings, interval)
 
     @task.short_circuit

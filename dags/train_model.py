@@ -3,7 +3,8 @@
 
 Trains the candidates of a model spec (`ml/specs/<name>.yaml`, `TIDEMARK_MODEL_SPEC`, default `churn`),
 compares the best one with the current champion on the same out-of-time rows, and lets the promotion
-gate decide. Runs on the spec's schedule (weekly) and whenever the `retrain_requested` asset is updated.
+gate decide. Runs on the spec's schedule (weekly for churn) and whenever the `retrain_requested` asset is
+updated; a spec with `schedule: null` retrains only on request.
 
 1. `extract` reads every label known at the as-of date (conf `as_of`, else the triggering event's
    `as_of`, else the run's data interval end) from the warehouse as Arrow, and splits it by time with
@@ -38,8 +39,8 @@ GPU_CANDIDATES = [c.name for c in spec.candidates if c.uses_gpu]
 
 @dag(
     schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(spec.schedule or "@weekly", timezone="UTC"), assets=[RETRAIN_REQUESTED]
-    ),
+        timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=[RETRAIN_REQUESTED]
+    ) if spec.schedule else [RETRAIN_REQUESTED],
     start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,

@@ -11,3 +11,5 @@ RETRAIN_REQUESTED = Asset(name="retrain_requested", uri="tidemark://ml/retrain_r
 CHAMPION = Asset(name="champion", uri="tidemark://registry/champion")
 # Its extra also names the model and version that scored: {"start", "end", "model", "version"}.
 PREDICTIONS = Asset(name="predictions", uri="tidemark://warehouse/ml/predictions")
+# Drift and realized-performance rows written for the interval (ml.drift_metrics, ml.model_performance).
+MONITORING = Asset(name="monitoring", uri="tidemark://warehouse/ml/drift_metrics")

@@ -39,9 +39,10 @@ class OrchestrationError(RuntimeError):
 
 
 # -- one-time setup ------------------------------------------------------------------------------
-def init_airflow(settings: Settings) -> None:
-    """Create or upgrade Airflow's metadata DB under TIDEMARK_HOME and create the pools. Idempotent."""
-    env = {**os.environ, **settings.airflow_env()}
+def init_airflow(settings: Settings, env: Mapping[str, str] | None = None) -> None:
+    """Create or upgrade Airflow's metadata DB (SQLite under TIDEMARK_HOME unless `env` names another)
+    and create the pools. Idempotent."""
+    env = {**os.environ, **settings.airflow_env()} if env is None else dict(env)
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     _airflow(["db", "migrate"], env)
     pools = {name: {"slots": 1, "description": text} for name, text in POOLS.items()}

@@ -88,7 +88,8 @@ class Registry:
 
             config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60,
                             s3={"addressing_style": "path"} if endpoint_url else None)
-            client = boto3.client("s3", endpoint_url=endpoint_url or None, config=config)
+            # A session of its own reads the credentials now: boto3's default session keeps the first ones it found.
+            client = boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
             return cls(S3Store(parts.netloc, path, client))
         raise RegistryError(f"TIDEMARK_REGISTRY_URI={uri!r} is not a supported registry URI. "
                             f"Valid examples: {URI_EXAMPLES}")

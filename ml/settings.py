@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,6 +75,15 @@ def parse_warehouse_url(url: str, *, variable: str = "TIDEMARK_WAREHOUSE_URL") -
             database=database,
         )
     raise SettingsError(f"{variable}={url!r} is not a supported warehouse URL. Valid examples: {WAREHOUSE_EXAMPLES}")
+
+
+def redacted_url(url: str) -> str:
+    """A URL with its password replaced by ***, for summaries and logs."""
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    if ":" not in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
 
 
 @dataclass(frozen=True)

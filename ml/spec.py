@@ -154,6 +154,7 @@ class ModelSpec(_Strict):
     search: SearchSpec = SearchSpec()
     scoring: ScoringSpec = ScoringSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    # Cron of the regular retraining; null retrains only when monitoring asks (the retrain_requested asset).
     schedule: str | None = "@weekly"
     seed: int = 0
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import re
+import socket
 import subprocess
 import time
 from datetime import date
@@ -69,9 +71,12 @@ def train_step(spec: ModelSpec, extract_info: dict, candidate_name: str) -> dict
     result = {
         "candidate": cand.name, "kind": cand.kind, "directory": str(directory), "params": params,
         "trials": trials, "fit_seconds": round(seconds, 2), "device": getattr(model, "device_", "cpu"),
+        # Which worker fitted it: the Celery worker's name when set (ml/service.py), else the host.
+        "worker": os.environ.get("TIDEMARK_WORKER_NAME") or socket.gethostname(),
         "validation": {spec.primary_metric: score(spec.primary_metric, y_val, p_val)},
     }
-    log.info("trained %s in %.1f s: validation %s", cand.name, seconds, result["validation"])
+    log.info("trained %s in %.1f s on %s (%s): validation %s", cand.name, seconds, result["device"],
+             result["worker"], result["validation"])
     return result
 
 

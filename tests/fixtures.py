@@ -41,25 +41,38 @@ def duckdb_settings(tmp_path) -> Settings:
     return Settings(home=tmp_path, warehouse=parse_warehouse_url(f"duckdb:///{tmp_path / 'warehouse.duckdb'}"))
 
 
-@pytest.fixture
-def postgres_settings(tmp_path):
-    """A fresh PostgreSQL database, dropped afterwards."""
+def create_database(prefix: str = "tidemark_test") -> str:
+    """Create a uniquely named PostgreSQL database; its name. Fails the test, naming the server, if unreachable."""
     import psycopg
 
-    name = f"tidemark_test_{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     try:
         admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
     except psycopg.OperationalError as exc:
         pytest.fail(f"PostgreSQL is required for this test and is not reachable ({PG_ADMIN_DSN}): {exc}")
     with admin:
         admin.execute(f'create database "{name}"')
+    return name
+
+
+def drop_database(name: str) -> None:
+    """Drop a database made by create_database, even with sessions still open on it."""
+    import psycopg
+
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+        admin.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def postgres_settings(tmp_path):
+    """A fresh PostgreSQL database, dropped afterwards."""
+    name = create_database()
     try:
         yield Settings(
             home=tmp_path, warehouse=parse_warehouse_url(f"postgresql://postgres@127.0.0.1:5432/{name}")
         )
     finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f'drop database if exists "{name}" with (force)')
+        drop_database(name)
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -170,3 +170,38 @@ def test_train_model_maps_one_task_per_candidate_and_routes_pytorch_to_the_gpu_p
     # weekly, and also whenever retraining is requested
     assert "retrain_requested" in str(dag.timetable.asset_condition)
     assert dag.timetable.timetable.expression == "0 0 * * 0"  # @weekly
+
+
+def _scheduling_assets(condition) -> set[str]:
+    """Names of the assets in a DAG's asset condition (nested any/all included)."""
+    if condition is None:
+        return set()
+    if hasattr(condition, "objects"):
+        return set().union(*(_scheduling_assets(obj) for obj in condition.objects))
+    return {condition.name}
+
+
+def test_assets_chain_raw_features_predictions_monitoring_retrain_champion(dagbag):
+    """The asset graph in the UI reads as the pipeline: each asset has one producer and the next DAG waits on it."""
+    producers: dict[str, set[str]] = {}
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            for outlet in task.outlets:
+                producers.setdefault(outlet.name, set()).add(dag_id)
+    consumers = {dag_id: _scheduling_assets(getattr(dag.timetable, "asset_condition", None))
+                 for dag_id, dag in dagbag.dags.items()}
+    assert producers == {
+        "raw": {"ingest_raw"},
+        "features": {"build_features"},
+        "predictions": {"score_batch"},
+        "monitoring": {"monitor_model"},
+        "retrain_requested": {"monitor_model"},
+        "champion": {"train_model"},
+    }
+    assert consumers == {
+        "ingest_raw": set(),
+        "build_features": {"raw"},
+        "score_batch": {"features"},
+        "monitor_model": {"predictions"},
+        "train_model": {"retrain_requested"},
+    }

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from datetime import date, datetime, timedelta
 
 import pyarrow as pa
@@ -29,7 +28,7 @@ from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
 from ml.simulate import SimConfig
 from ml.spec import SPEC_DIR, load_spec
 from ml.warehouse import Warehouse
-from tests.fixtures import PG_ADMIN_DSN
+from tests.fixtures import create_database, drop_database
 
 SIM = SimConfig(seed=13, customers=500, start=date(2025, 1, 1), days=80, drift_date=None)
 HORIZON = 14
@@ -89,13 +88,7 @@ def pg_world(world, tmp_path_factory):
     import duckdb
     import psycopg
 
-    name = f"tidemark_test_{uuid.uuid4().hex[:10]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True)
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL is required for this test and is not reachable ({PG_ADMIN_DSN}): {exc}")
-    with admin:
-        admin.execute(f'create database "{name}"')
+    name = create_database()
     home = tmp_path_factory.mktemp("scoring_pg")
     settings = Settings(home=home, warehouse=parse_warehouse_url(f"postgresql://postgres@127.0.0.1:5432/{name}"),
                         registry_uri=world["settings"].registry_uri)
@@ -111,8 +104,7 @@ def pg_world(world, tmp_path_factory):
                 copy.write(csv.read_bytes())
         yield {**world, "settings": settings}
     finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
-            admin.execute(f'drop database if exists "{name}" with (force)')
+        drop_database(name)
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -58,3 +58,12 @@ def test_airflow_state_stays_under_tidemark_home(tmp_path):
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{tmp_path / 'airflow' / 'airflow.db'}"
     assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(REPO_ROOT / "dags")
+
+
+def test_redacted_url_hides_only_the_password():
+    from ml.settings import redacted_url
+
+    assert redacted_url("postgresql://u:s3cret@db:5432/wh") == "postgresql://u:***@db:5432/wh"
+    assert redacted_url("postgresql+psycopg2://u:s3cret@db/af") == "postgresql+psycopg2://u:***@db/af"
+    assert redacted_url("postgresql://postgres@127.0.0.1:5432/wh") == "postgresql://postgres@127.0.0.1:5432/wh"
+    assert redacted_url("duckdb:////tmp/w.duckdb") == "duckdb:////tmp/w.duckdb"

@@ -1,0 +1,249 @@
+"""Airflow as a service, driven the way an operator drives it.
+
+The module starts the `celery` profile of `ml/service.py` on free ports: api-server, scheduler,
+dag-processor, triggerer and two Celery workers (one on the `default` queue, one on the `gpu` queue)
+with the metadata DB in a fresh PostgreSQL database and Redis as the broker. The warehouse is another
+fresh PostgreSQL database and the registry a bucket on moto's S3 server, so every worker reaches the
+data over the network, as in production. Everything after start-up goes through the REST API v2 with a
+token, or through the UI in headless Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml.dbt import run_dbt
+from ml.ingest import load_days
+from ml.registry import Registry
+from ml.settings import REPO_ROOT, Settings
+from ml.spec import load_spec
+from tests.fixtures import create_database, drop_database
+from tests.integration.test_training import HORIZON, SIM, _test_spec
+from tests.s3 import DUMMY_AWS_ENV
+
+CHROMIUM = Path(os.environ.get("TIDEMARK_CHROMIUM", "/usr/bin/chromium"))
+SCREENSHOTS = REPO_ROOT / "var" / "screenshots"
+BROKER_DB = 9  # a Redis database of its own, emptied before the workers start
+AS_OF = SIM.start + timedelta(days=SIM.days - 1)
+DAG_IDS = {"ingest_raw", "build_features", "train_model", "score_batch", "monitor_model"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Service:
+    url: str
+    token: str
+    user: str
+    password: str
+    settings: Settings
+    bucket: str
+    endpoint: str
+
+    def call(self, method: str, path: str, body: dict | None = None) -> dict:
+        """One REST API v2 request with the bearer token; the JSON answer, or a failure naming the status."""
+        request = urllib.request.Request(
+            f"{self.url}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as resp:
+                return json.loads(resp.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"{method} {path} answered {exc.code}: {exc.read()[:2000]!r}")
+
+
+def _token(url: str, user: str, password: str) -> str:
+    request = urllib.request.Request(
+        f"{url}/auth/token", method="POST", data=json.dumps({"username": user, "password": password}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())["access_token"]
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory, s3_server):
+    import boto3
+    import redis
+
+    from ml.service import ServiceConfig, start, stop
+
+    metadata_db, warehouse_db = create_database("tidemark_af"), create_database("tidemark_wh")
+    bucket = f"tidemark-af-{uuid.uuid4().hex[:8]}"
+    home = tmp_path_factory.mktemp("service")
+    spec_path = home / "churn_test.yaml"
+    _test_spec(spec_path)
+    # Retrain on request only: unpausing a weekly DAG would also start a run for the last weekly slot.
+    spec_path.write_text(yaml.safe_dump({**yaml.safe_load(spec_path.read_text()), "schedule": None}))
+    password = uuid.uuid4().hex
+    env = {
+        **DUMMY_AWS_ENV,
+        "TIDEMARK_HOME": str(home),
+        "TIDEMARK_WAREHOUSE_URL": f"postgresql://postgres@127.0.0.1:5432/{warehouse_db}",
+        "TIDEMARK_REGISTRY_URI": f"s3://{bucket}/models",
+        "TIDEMARK_S3_ENDPOINT_URL": s3_server,
+        "TIDEMARK_MODEL_SPEC": str(spec_path),
+        "TIDEMARK_AIRFLOW_PASSWORD": password,
+    }
+    boto3.client("s3", endpoint_url=s3_server, **{k.lower(): v for k, v in DUMMY_AWS_ENV.items()
+                                                  if k.startswith("AWS_") and "KEY" in k}).create_bucket(Bucket=bucket)
+    redis.Redis(port=6379, db=BROKER_DB).flushdb()
+    cfg = ServiceConfig(
+        profile="celery", port=_free_port(),
+        metadata_db=f"postgresql://postgres@127.0.0.1:5432/{metadata_db}",
+        broker_url=f"redis://127.0.0.1:6379/{BROKER_DB}",
+        worker_log_ports=(_free_port(), _free_port()), triggerer_log_port=_free_port(),
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        settings = Settings.from_env()
+        try:
+            load_days(SIM, None, settings=settings)
+            built = run_dbt(["build", "--exclude", "tag:public_data"], settings=settings,
+                            vars={"horizon_days": HORIZON}, capture=True)
+            assert built.success, built.output[-3000:]
+            start(settings, cfg)
+            yield Service(cfg.url, _token(cfg.url, cfg.user, password), cfg.user, password, settings, bucket,
+                          s3_server)
+        finally:
+            stop(settings)
+            drop_database(metadata_db)
+            drop_database(warehouse_db)
+
+
+def test_rest_api_lists_every_dag_documented_owned_and_no_import_errors(service):
+    assert service.call("GET", "/api/v2/importErrors")["total_entries"] == 0
+    dags = {d["dag_id"]: d for d in service.call("GET", "/api/v2/dags?limit=100")["dags"]}
+    assert set(dags) == DAG_IDS
+    for dag_id, dag in dags.items():
+        assert dag["owners"] == ["tidemark"], dag_id
+        assert "tidemark" in {t["name"] for t in dag["tags"]}, dag_id
+        details = service.call("GET", f"/api/v2/dags/{dag_id}/details")
+        assert details["doc_md"].lstrip().startswith(f"### {dag_id}"), dag_id
+
+
+def test_asset_graph_reads_raw_features_predictions_monitoring_retrain_champion(service):
+    assets = {a["name"]: a for a in service.call("GET", "/api/v2/assets?limit=100")["assets"]}
+    producers = {name: {t["dag_id"] for t in a["producing_tasks"]} for name, a in assets.items()}
+    consumers = {name: {d["dag_id"] for d in a["scheduled_dags"]} for name, a in assets.items()}
+    chain = [("raw", "ingest_raw", {"build_features"}), ("features", "build_features", {"score_batch"}),
+             ("predictions", "score_batch", {"monitor_model"}), ("monitoring", "monitor_model", set()),
+             ("retrain_requested", "monitor_model", {"train_model"}), ("champion", "train_model", set())]
+    for name, producer, scheduled in chain:
+        assert producers[name] == {producer}, name
+        assert consumers[name] == scheduled, name
+
+
+def _wait_for_run(service: Service, dag_id: str, run_id: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        run = service.call("GET", f"/api/v2/dags/{dag_id}/dagRuns/{run_id}")
+        if run["state"] in ("success", "failed"):
+            return run
+        time.sleep(3)
+    pytest.fail(f"{dag_id} run {run_id} still {run['state']} after {timeout_s:.0f} s")
+
+
+def test_training_runs_on_celery_with_the_pytorch_candidate_on_the_gpu_worker(service):
+    service.call("PATCH", "/api/v2/dags/train_model", {"is_paused": False})
+    run = service.call("POST", "/api/v2/dags/train_model/dagRuns",
+                       {"logical_date": None, "conf": {"as_of": AS_OF.isoformat()}})
+    run = _wait_for_run(service, "train_model", run["dag_run_id"], timeout_s=600)
+    tis = service.call("GET", f"/api/v2/dags/train_model/dagRuns/{run['dag_run_id']}/taskInstances?limit=100")
+    states = {f"{t['task_id']}[{t['map_index']}]": t["state"] for t in tis["task_instances"]}
+    assert run["state"] == "success", states
+    # Unpausing did not also start a run for the last weekly slot: the DAG waits for the next one.
+    runs = service.call("GET", "/api/v2/dags/train_model/dagRuns")["dag_runs"]
+    assert [r["run_type"] for r in runs] == ["manual"], [(r["dag_run_id"], r["run_type"], r["state"]) for r in runs]
+
+    spec = load_spec(service.settings.home / "churn_test.yaml")
+    fitted = {}
+    for ti in tis["task_instances"]:
+        if ti["task_id"] not in ("train_cpu", "train_gpu"):
+            continue
+        xcom = service.call(
+            "GET", f"/api/v2/dags/train_model/dagRuns/{run['dag_run_id']}/taskInstances/{ti['task_id']}"
+                   f"/xcomEntries/return_value?map_index={ti['map_index']}&deserialize=true")
+        value = xcom["value"] if isinstance(xcom["value"], dict) else json.loads(xcom["value"])
+        fitted[value["candidate"]] = {"task": ti["task_id"], "queue": ti["queue"], "worker": value["worker"],
+                                      "kind": value["kind"]}
+    assert set(fitted) == {c.name for c in spec.candidates}
+    for name, info in fitted.items():
+        if info["kind"] == "torch_mlp":
+            assert info == {"task": "train_gpu", "queue": "gpu", "worker": "worker-gpu", "kind": "torch_mlp"}, name
+        else:
+            assert (info["task"], info["queue"], info["worker"]) == ("train_cpu", "default", "worker-default"), name
+
+    # The run published to the S3 registry and promoted the first champion there.
+    registry = Registry.from_uri(f"s3://{service.bucket}/models", endpoint_url=service.endpoint)
+    assert registry.alias(spec.name).version is not None
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: `make test-server` installs "
+                                                  "Debian's chromium; or set TIDEMARK_CHROMIUM")
+def test_ui_in_headless_chromium_logs_in_and_shows_the_dags_a_graph_and_the_asset_lineage(service):
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    flags = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=flags)
+        page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        try:
+            page.goto(service.url, wait_until="networkidle")
+            page.fill("input[name=username]", service.user)
+            page.fill("input[name=password]", service.password)
+            page.click("button[type=submit]")
+            page.wait_for_url(lambda u: "/auth/login" not in u, timeout=30_000)
+
+            page.goto(f"{service.url}/dags", wait_until="networkidle")
+            for dag_id in sorted(DAG_IDS):
+                page.get_by_text(dag_id, exact=True).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(SCREENSHOTS / "dag_list.png"), full_page=True)
+
+            page.goto(f"{service.url}/dags/train_model", wait_until="networkidle")
+            page.get_by_role("button", name="Show Graph").click()
+            graph = page.locator(".react-flow")
+            graph.wait_for(timeout=30_000)
+            for task_id in ("extract", "train_gpu", "promote", "publish_champion"):
+                graph.get_by_text(task_id).first.wait_for(timeout=30_000)
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(SCREENSHOTS / "train_model_graph.png"), full_page=True)
+
+            # The lineage of one asset shows the whole chain, DAGs and assets alternating.
+            assets = service.call("GET", "/api/v2/assets?limit=100")["assets"]
+            predictions = next(a["id"] for a in assets if a["name"] == "predictions")
+            page.goto(f"{service.url}/assets/{predictions}", wait_until="networkidle")
+            lineage = page.locator(".react-flow")
+            lineage.wait_for(timeout=30_000)
+            for node in ("ingest_raw", "raw", "build_features", "features", "score_batch", "monitor_model",
+                         "monitoring", "retrain_requested", "train_model", "champion"):
+                lineage.get_by_text(node, exact=True).first.wait_for(timeout=30_000)
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=str(SCREENSHOTS / "asset_graph.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(SCREENSHOTS / "failure.png"), full_page=True)  # what the page showed
+            raise
+        finally:
+            browser.close()
+    for name in ("dag_list.png", "train_model_graph.png", "asset_graph.png"):
+        assert (SCREENSHOTS / name).stat().st_size > 10_000, name
