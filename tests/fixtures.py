@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 
@@ -25,6 +27,34 @@ def public_data_dir() -> Path | None:
         if all((folder / name).is_file() for name in PUBLIC_DATA_FILES):
             return folder
     return None
+
+
+@contextmanager
+def parsed_dags(settings: Settings | None = None, spec_path: Path | None = None, *, file: str | None = None
+                ) -> Iterator[dict]:
+    """The DAGs parsed and run with the environment pointed at `settings` and `spec_path`: the DAGs by id.
+
+    Parses `dags/` (or one `file` in it), fails on any import error, and turns retries off, since
+    dag.test() would wait out the retry delay of a task that fails for good. The environment stays set
+    until the block ends, so the tasks that dag.test() runs read the same warehouse, registry and spec.
+    """
+    env = {}
+    if settings is not None:
+        env = {"TIDEMARK_WAREHOUSE_URL": settings.warehouse.url, "TIDEMARK_REGISTRY_URI": settings.registry_uri,
+               "TIDEMARK_HOME": str(settings.home)}
+    if spec_path is not None:
+        env["TIDEMARK_MODEL_SPEC"] = str(spec_path)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        from airflow.dag_processing.dagbag import DagBag
+
+        bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / (file or "")))
+        assert bag.import_errors == {}
+        for dag in bag.dags.values():
+            for task in dag.tasks:
+                task.retries = 0
+        yield bag.dags
 
 
 PG_ADMIN_DSN = os.environ.get("TIDEMARK_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")

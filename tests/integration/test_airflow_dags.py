@@ -11,8 +11,8 @@ from datetime import date, timedelta
 import pytest
 
 from ml.orchestration import describe_marts
-from ml.settings import REPO_ROOT
 from ml.warehouse import Warehouse
+from tests.fixtures import parsed_dags
 
 SIM = {"seed": 11, "customers": 300, "sim_start": "2025-01-01", "drift_date": "2025-01-25"}
 BACKFILL = {"start": "2025-01-01", "end": "2025-02-09"}  # 40 days
@@ -22,14 +22,8 @@ FEATURES = "marts.customer_features_daily"
 
 @pytest.fixture(scope="module")
 def dags(airflow_settings):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
-    assert bag.import_errors == {}
-    for dag in bag.dags.values():
-        for task in dag.tasks:
-            task.retries = 0  # dag.test() would wait out the retry delay of a task that fails for good
-    return bag.dags
+    with parsed_dags() as parsed:
+        yield parsed
 
 
 def _asset_events(asset: str, run_id: str) -> list[dict]:

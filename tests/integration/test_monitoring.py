@@ -37,6 +37,7 @@ from ml.simulate import SimConfig
 from ml.spec import SPEC_DIR, FeatureSchema, parse_spec
 from ml.train import train
 from ml.warehouse import Warehouse
+from tests.fixtures import parsed_dags
 
 SIM = SimConfig(seed=3, customers=1500, start=date(2024, 10, 1), days=171, drift_date=date(2025, 3, 1))
 AS_OF = date(2025, 2, 20)
@@ -275,21 +276,8 @@ def loop_dags(world, airflow_settings):
     settings = world["settings"]
     spec_path = settings.home / "loop_spec.yaml"
     spec_path.write_text(yaml.safe_dump(world["spec"].model_dump(mode="json")))
-    env = {"TIDEMARK_WAREHOUSE_URL": settings.warehouse.url, "TIDEMARK_REGISTRY_URI": settings.registry_uri,
-           "TIDEMARK_MODEL_SPEC": str(spec_path), "TIDEMARK_HOME": str(settings.home)}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        from airflow.dag_processing.dagbag import DagBag
-
-        from ml.settings import REPO_ROOT
-
-        bag = DagBag(dag_folder=str(REPO_ROOT / "dags"))
-        assert bag.import_errors == {}
-        for dag in bag.dags.values():
-            for task in dag.tasks:
-                task.retries = 0
-        yield bag.dags
+    with parsed_dags(settings, spec_path) as dags:
+        yield dags
 
 
 def test_drift_requests_one_retrain_the_cooldown_holds_and_the_gate_decides(world, loop_dags):

@@ -28,7 +28,7 @@ from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
 from ml.simulate import SimConfig
 from ml.spec import SPEC_DIR, load_spec
 from ml.warehouse import Warehouse
-from tests.fixtures import create_database, drop_database
+from tests.fixtures import create_database, drop_database, parsed_dags
 
 SIM = SimConfig(seed=13, customers=500, start=date(2025, 1, 1), days=80, drift_date=None)
 HORIZON = 14
@@ -67,19 +67,8 @@ def world(tmp_path_factory, airflow_settings):
     spec = load_spec(spec_path)
     outcome = train(spec, settings, as_of=SIM.end, run_id="champion", actor="test")["outcome"]
     assert outcome["champion_after"] == "v0001", outcome
-    env = {"TIDEMARK_WAREHOUSE_URL": settings.warehouse.url, "TIDEMARK_REGISTRY_URI": settings.registry_uri,
-           "TIDEMARK_MODEL_SPEC": str(spec_path), "TIDEMARK_HOME": str(home)}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "score_batch.py"))
-        assert bag.import_errors == {}
-        dag = bag.dags["score_batch"]
-        for task in dag.tasks:
-            task.retries = 0
-        yield {"settings": settings, "spec": spec, "spec_path": spec_path, "dag": dag}
+    with parsed_dags(settings, spec_path, file="score_batch.py") as dags:
+        yield {"settings": settings, "spec": spec, "spec_path": spec_path, "dag": dags["score_batch"]}
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,11 @@ import yaml
 from ml.dbt import run_dbt
 from ml.ingest import load_days
 from ml.registry import IntegrityError, Registry
-from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
+from ml.settings import Settings, parse_warehouse_url
 from ml.simulate import SimConfig
 from ml.spec import SPEC_DIR, load_spec
 from ml.warehouse import Warehouse
+from tests.fixtures import parsed_dags
 
 # No drift event: the point here is the training machinery, so the test window behaves like the past.
 SIM = SimConfig(seed=5, customers=800, start=date(2025, 1, 1), days=100, drift_date=None)
@@ -51,19 +52,8 @@ def world(tmp_path_factory, airflow_settings):
     assert built.success, built.output[-3000:]
     spec_path = home / "churn_test.yaml"
     _test_spec(spec_path)
-    env = {"TIDEMARK_WAREHOUSE_URL": settings.warehouse.url, "TIDEMARK_REGISTRY_URI": settings.registry_uri,
-           "TIDEMARK_MODEL_SPEC": str(spec_path), "TIDEMARK_HOME": str(home)}
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        from airflow.dag_processing.dagbag import DagBag
-
-        bag = DagBag(dag_folder=str(REPO_ROOT / "dags" / "train_model.py"))
-        assert bag.import_errors == {}
-        dag = bag.dags["train_model"]
-        for task in dag.tasks:
-            task.retries = 0
-        yield {"settings": settings, "dag": dag, "spec": load_spec(spec_path)}
+    with parsed_dags(settings, spec_path, file="train_model.py") as dags:
+        yield {"settings": settings, "dag": dags["train_model"], "spec": load_spec(spec_path)}
 
 
 def _states(run) -> dict[str, str]:
