@@ -254,12 +254,11 @@ def _summary(settings: Settings, runs: list[dict], first: date, until: date) -> 
     promotions = _rows(settings, "select candidate_version, candidate, decision, reasons, champion_version, "
                                  "challenger_metric, champion_metric, diff_ci_low, diff_ci_high "
                                  "from ml.model_promotions order by candidate_version")
-    # ml.model_performance appears once the first scored day's labels mature: not in a short demo. The
-    # drift flag is read as an integer because PostgreSQL's rows arrive as CSV, where a boolean is 't' or 'f'.
+    # ml.model_performance appears once the first scored day's labels mature: not in a short demo.
     matured = _has(settings, "ml.model_performance")
     daily = _rows(settings, """
         select p.as_of_date, p.model_version, p.rows, d.drift_share,
-               cast(d.dataset_drift as integer) as dataset_drift, {realized} as realized_roc_auc
+               d.dataset_drift, {realized} as realized_roc_auc
         from (select as_of_date, model_version, count(*) as rows from ml.predictions
               where model_name = 'churn' group by 1, 2) p
         left join ml.drift_metrics d

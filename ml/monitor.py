@@ -324,12 +324,8 @@ def _history(settings: Settings, table: str, select: str, model: str, until: dat
 
 def drift_history(settings: Settings, model: str, until: date, days: int) -> list[dict]:
     """The dataset-level drift rows of `model` for the `days` days ending at `until`, oldest first."""
-    select = ("as_of_date, model_version, drift_share, threshold, cast(dataset_drift as integer) as dataset_drift, "
-              "current_rows, reference_rows")
-    rows = _history(settings, DRIFT_METRICS, select, model, until, days, f" and column_name = '{DATASET_ROW}'")
-    for row in rows:
-        row["dataset_drift"] = bool(row["dataset_drift"])
-    return rows
+    select = "as_of_date, model_version, drift_share, threshold, dataset_drift, current_rows, reference_rows"
+    return _history(settings, DRIFT_METRICS, select, model, until, days, f" and column_name = '{DATASET_ROW}'")
 
 
 def performance_history(settings: Settings, model: str, until: date, days: int) -> list[dict]:

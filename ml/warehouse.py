@@ -233,18 +233,11 @@ class Warehouse:
                     copy.write(data[start : start + _COPY_CHUNK])
 
     def read_arrow(self, sql: str) -> pa.Table:
-        """Run a query and return its result as one Arrow table."""
+        """Run a query and return its result as one Arrow table, typed by the query's columns on both warehouses."""
         if self.kind == "duckdb":
             return self._con.sql(sql).to_arrow_table()
-        buf = io.BytesIO()
-        with self._con.cursor() as cur:
-            with cur.copy(f"copy ({sql}) to stdout with (format csv, header true)") as copy:
-                for block in copy:
-                    buf.write(block)
-        buf.seek(0)
-        if buf.getbuffer().nbytes == 0:
-            return pa.table({})
-        return pacsv.read_csv(buf, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        schema = self._result_schema(sql)
+        return pa.Table.from_batches(list(self._copy_out(sql, schema, 1 << 20)), schema=schema)
 
     def stream_arrow(self, sql: str, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
         """Run a query and yield its result as Arrow record batches of at most `batch_rows` rows.
@@ -259,6 +252,10 @@ class Warehouse:
             yield from _rebatched(reader, batch_rows)
             return
         schema = self._result_schema(sql)
+        yield from _rebatched(self._copy_out(sql, schema, batch_rows), batch_rows)
+
+    def _copy_out(self, sql: str, schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
+        """A PostgreSQL query's rows through COPY ... TO STDOUT, parsed as they arrive into `schema`."""
         block_size = max(1 << 20, min(64 << 20, 24 * batch_rows * len(schema)))
         read = pacsv.ReadOptions(column_names=schema.names, block_size=block_size)
         convert = pacsv.ConvertOptions(column_types=schema, strings_can_be_null=True, quoted_strings_can_be_null=False,
@@ -266,8 +263,9 @@ class Warehouse:
         with self._con.cursor() as cur:
             with cur.copy(f"copy ({sql}) to stdout with (format csv)") as copy:
                 stream = io.BufferedReader(_CopyStream(copy), buffer_size=1 << 20)
-                reader = pacsv.open_csv(stream, read_options=read, convert_options=convert)
-                yield from _rebatched(reader, batch_rows)
+                if not stream.peek(1):  # no rows: pyarrow refuses an empty CSV, so there is nothing to parse
+                    return
+                yield from pacsv.open_csv(stream, read_options=read, convert_options=convert)
 
     def _result_schema(self, sql: str) -> pa.Schema:
         """The Arrow schema that a PostgreSQL query's columns are read as (unknown types: strings)."""
