@@ -16,6 +16,8 @@ asset), for exactly the as-of dates those days cover.
 
 from __future__ import annotations
 
+import os
+
 import pendulum
 from airflow.sdk import dag, task
 from cosmos import DbtResourceType, DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
@@ -28,6 +30,11 @@ from ml.orchestration import WAREHOUSE_POOL, resolve_interval
 from ml.settings import Settings
 
 settings = Settings.from_env()
+# The warehouse password stays out of the serialized DAG, which stores the operators' `env` below. It
+# reaches dbt through this process's environment instead: the worker loads this file before it runs a
+# task, and every dbt subprocess inherits the environment.
+if settings.warehouse.password:
+    os.environ["TIDEMARK_PG_PASSWORD"] = settings.warehouse.password
 # The dbt vars of every dbt task, rendered from the resolve_interval task's result at run time.
 DBT_VARS = {
     "start_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['start'] }}",
@@ -89,7 +96,7 @@ def build_features():
         ),
         operator_args={
             "vars": DBT_VARS,
-            "env": settings.dbt_env(),
+            "env": settings.dbt_env(secrets=False),
             "pool": WAREHOUSE_POOL,
         },
     )

@@ -129,8 +129,12 @@ class Settings:
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 
-    def dbt_env(self) -> dict[str, str]:
-        """Environment variables that dbt's profiles.yml reads, derived from the one warehouse URL."""
+    def dbt_env(self, *, secrets: bool = True) -> dict[str, str]:
+        """Environment variables that dbt's profiles.yml reads, derived from the one warehouse URL.
+
+        `secrets=False` leaves out the warehouse password, for places that store what they are given
+        (an operator's arguments end up in the serialized DAG).
+        """
         wh = self.warehouse
         env = {
             "TIDEMARK_DBT_TARGET": wh.dbt_target,
@@ -145,9 +149,10 @@ class Settings:
                 TIDEMARK_PG_HOST=wh.host,
                 TIDEMARK_PG_PORT=str(wh.port),
                 TIDEMARK_PG_USER=wh.user,
-                TIDEMARK_PG_PASSWORD=wh.password,
                 TIDEMARK_PG_DATABASE=wh.database,
             )
+            if secrets:
+                env["TIDEMARK_PG_PASSWORD"] = wh.password
         return env
 
     def airflow_env(self) -> dict[str, str]:

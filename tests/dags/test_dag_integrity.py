@@ -84,6 +84,31 @@ json.dump({{
     assert result["target"] == "postgres"
 
 
+def test_a_warehouse_password_stays_out_of_every_serialized_dag_and_still_reaches_dbt(tmp_path):
+    """Parse the DAGs against a password-protected warehouse URL in a fresh interpreter."""
+    secret = "s3cret-Pw-91"
+    code = f"""
+import json
+from airflow.dag_processing.dagbag import DagBag
+from airflow.serialization.serialized_objects import DagSerialization
+bag = DagBag({str(DAGS_DIR)!r})
+task = next(t for t in bag.dags["build_features"].tasks if t.task_id.startswith("dbt."))
+serialized = [json.dumps(DagSerialization.to_dict(dag)) for dag in bag.dags.values()]
+print(json.dumps({{"errors": list(bag.import_errors), "serialized": "\\n".join(serialized), "dags": len(serialized),
+                   "dbt_env": {{k: str(v) for k, v in task.get_env({{}}).items()}}}}))
+"""
+    env = {**os.environ, "TIDEMARK_HOME": str(tmp_path),
+           "TIDEMARK_WAREHOUSE_URL": f"postgresql://tidemark:{secret}@db.example:5432/warehouse"}
+    env.pop("TIDEMARK_PG_PASSWORD", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    parsed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert parsed["errors"] == [] and parsed["dags"] == len(DAG_IDS)
+    assert "db.example" in parsed["serialized"] and secret not in parsed["serialized"]
+    assert parsed["dbt_env"]["TIDEMARK_PG_PASSWORD"] == secret
+    assert parsed["dbt_env"]["TIDEMARK_PG_HOST"] == "db.example"
+
+
 def test_build_features_has_one_dbt_build_task_per_model(dagbag, manifest):
     dag = dagbag.dags["build_features"]
     models = {n["name"] for n in _simulator_nodes(manifest["nodes"]) if n["resource_type"] == "model"}

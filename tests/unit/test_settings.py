@@ -67,3 +67,11 @@ def test_redacted_url_hides_only_the_password():
     assert redacted_url("postgresql+psycopg2://u:s3cret@db/af") == "postgresql+psycopg2://u:***@db/af"
     assert redacted_url("postgresql://postgres@127.0.0.1:5432/wh") == "postgresql://postgres@127.0.0.1:5432/wh"
     assert redacted_url("duckdb:////tmp/w.duckdb") == "duckdb:////tmp/w.duckdb"
+
+
+def test_dbt_env_without_secrets_leaves_out_only_the_password():
+    pg = Settings.from_env({"TIDEMARK_WAREHOUSE_URL": "postgresql://u:pa%3Ass@db:5433/w"})
+    full, public = pg.dbt_env(), pg.dbt_env(secrets=False)
+    assert full["TIDEMARK_PG_PASSWORD"] == "pa:ss"
+    assert "TIDEMARK_PG_PASSWORD" not in public
+    assert {k: v for k, v in full.items() if k != "TIDEMARK_PG_PASSWORD"} == public
