@@ -120,9 +120,10 @@ resource "aws_iam_role_policy_attachment" "worker_registry" {
   policy_arn = aws_iam_policy.registry_access.arn
 }
 
-# For workers on EC2 (it is of no use once worker_trusted_services drops ec2.amazonaws.com); EKS pods
-# assume the role through IRSA (eks_oidc_provider_arn) instead.
+# For workers on EC2, so only while worker_trusted_services holds ec2.amazonaws.com; EKS pods assume
+# the role through IRSA (eks_oidc_provider_arn) instead.
 resource "aws_iam_instance_profile" "worker" {
-  name = var.worker_role_name
-  role = aws_iam_role.worker.name
+  count = contains(var.worker_trusted_services, "ec2.amazonaws.com") ? 1 : 0
+  name  = var.worker_role_name
+  role  = aws_iam_role.worker.name
 }

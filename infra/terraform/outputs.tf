@@ -24,6 +24,6 @@ output "role_arn" {
 }
 
 output "instance_profile_name" {
-  description = "Instance profile carrying the worker role, for EC2 workers."
-  value       = aws_iam_instance_profile.worker.name
+  description = "Instance profile carrying the worker role, for EC2 workers (null without the EC2 trust)."
+  value       = one(aws_iam_instance_profile.worker[*].name)
 }

@@ -230,12 +230,15 @@ def test_eks_service_accounts_alone_may_assume_the_worker_role_by_web_identity(t
     plan = Terraform(tmp_path, "eks")
     plan.share_providers(terraform)
     terraform.wait_until_apply_idles()
-    trust = _planned(plan, "aws_iam_role.worker.assume_role_policy", {
+    planned = _planned(plan, "jsonencode({trust = aws_iam_role.worker.assume_role_policy, "
+                             "instance_profiles = length(aws_iam_instance_profile.worker)})", {
         "bucket_name": f"tidemark-tf-{uuid.uuid4().hex[:10]}", "local_endpoint": "true",
         "s3_endpoint": s3_server, "iam_endpoint": s3_server, "sts_endpoint": s3_server,
         "eks_oidc_provider_arn": OIDC_PROVIDER_ARN, "worker_trusted_services": "[]",
     })
 
+    assert planned["instance_profiles"] == 0  # an instance profile is of no use without the EC2 trust
+    trust = json.loads(planned["trust"])
     accounts = _helm_worker_service_accounts()
     assert accounts, f"no worker service account in {HELM_VALUES} carries eks.amazonaws.com/role-arn"
     [statement] = _as_list(trust["Statement"])
@@ -308,6 +311,8 @@ def test_worker_policy_grants_exactly_what_the_registry_calls(stack, s3_server):
     trust = json.loads(trust) if isinstance(trust, str) else trust
     assert [(s["Action"], s["Principal"]) for s in _as_list(trust["Statement"])] == [
         ("sts:AssumeRole", {"Service": "ec2.amazonaws.com"})]
+    profile = iam.get_instance_profile(InstanceProfileName=stack["instance_profile_name"])["InstanceProfile"]
+    assert [r["RoleName"] for r in profile["Roles"]] == [role]
 
 
 def test_worker_role_reaches_the_registry_prefix_and_nothing_else(stack, worker_credentials, s3_server):
