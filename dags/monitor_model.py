@@ -64,27 +64,30 @@ def monitor_model():
         return performance_for_interval(spec, settings, interval)
 
     @task(pool=WAREHOUSE_POOL, outlets=[MONITORING])
-    def decide_retrain(interval: dict, drift: list[dict], performance: list[dict], outlet_events=None) -> dict | None:
-        """The first day in the interval on which a trigger fires, outside the cooldown."""
+    def decide_retrain(interval: dict, drift: list[dict], performance: list[dict], outlet_events=None) -> dict:
+        """`request`: the first day in the interval on which a trigger fires outside the cooldown, or None.
+
+        Always a dict, so that a quiet interval still leaves an XCom for the tasks downstream to read.
+        """
         from ml.watch import decide_for_interval
 
         # The interval's drift and performance rows are written: announce them whatever is decided.
         outlet_events[MONITORING].extra = {"start": interval["start"], "end": interval["end"]}
-        return decide_for_interval(spec, settings, interval)
+        return {"request": decide_for_interval(spec, settings, interval)}
 
     @task.short_circuit
-    def retrain_needed(request: dict | None) -> bool:
-        return request is not None
+    def retrain_needed(decision: dict) -> bool:
+        return decision["request"] is not None
 
     @task(outlets=[RETRAIN_REQUESTED])
-    def request_retrain(request: dict, outlet_events=None) -> dict:
+    def request_retrain(decision: dict, outlet_events=None) -> dict:
         """Update `retrain_requested`; its extra carries the model, the reason and the as-of date."""
-        outlet_events[RETRAIN_REQUESTED].extra = request
-        return request
+        outlet_events[RETRAIN_REQUESTED].extra = decision["request"]
+        return decision["request"]
 
     interval = resolve()
-    request = decide_retrain(interval, check_drift(interval), track_performance(interval))
-    retrain_needed(request) >> request_retrain(request)
+    decision = decide_retrain(interval, check_drift(interval), track_performance(interval))
+    retrain_needed(decision) >> request_retrain(decision)
 
 
 monitor_model()

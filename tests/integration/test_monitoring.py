@@ -261,6 +261,18 @@ def _events(asset: str, run_id: str) -> list[dict]:
         return list(session.scalars(query))
 
 
+def _returned(run_id: str, task_id: str):
+    """What a task of the DAG run `run_id` returned, read from its XCom in Airflow's metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(select(XComModel).where(XComModel.run_id == run_id, XComModel.task_id == task_id,
+                                                      XComModel.key == "return_value")).one()
+        return XComModel.deserialize_value(row)
+
+
 def _states(run) -> dict[str, str]:
     return {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state)
             for ti in run.get_task_instances()}
@@ -290,6 +302,7 @@ def test_drift_requests_one_retrain_the_cooldown_holds_and_the_gate_decides(worl
     assert first.state == "success", states
     assert states["request_retrain"] == "success"
     [request] = _events("retrain_requested", first.run_id)
+    assert _returned(first.run_id, "decide_retrain") == {"request": request}
     assert request["reason"] == "drift" and request["model"] == "churn"
     # two drifted days in a row, the first of them on or after the drift event
     requested_on = date.fromisoformat(request["as_of"])
@@ -302,6 +315,7 @@ def test_drift_requests_one_retrain_the_cooldown_holds_and_the_gate_decides(worl
     states = _states(later)
     assert later.state == "success", states
     assert states["check_drift"] == "success" and states["request_retrain"] == "skipped"
+    assert _returned(later.run_id, "decide_retrain") == {"request": None}  # a quiet interval still answers
     assert _events("retrain_requested", later.run_id) == []
     history = drift_history(settings, "churn", until=LOOP_LATER[1], days=4)
     assert [r["dataset_drift"] for r in history] == [True] * 4  # still drifting: only the cooldown held it
