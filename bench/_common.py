@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from ml.settings import Settings, parse_warehouse_url
+from ml.core.settings import Settings, parse_warehouse_url
 
 PG_ADMIN_DSN = os.environ.get("TIDEMARK_BENCH_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL = os.environ.get("TIDEMARK_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432")

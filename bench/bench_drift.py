@@ -30,8 +30,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import console, fmt_ratio, median, print_table, ratio, scratch_settings, write_result  # noqa: E402
-from ml.settings import Settings  # noqa: E402
+from bench._common import (  # noqa: E402
+    console,
+    fmt_ratio,
+    median,
+    print_table,
+    ratio,
+    scratch_settings,
+    write_result,
+)
+from ml.core.settings import Settings  # noqa: E402
 
 NAME = "bench_drift"
 DAY = date(2025, 6, 1)
@@ -80,7 +88,7 @@ def generation_sql(rows: int, salt: int, drifted: bool) -> str:
 
 
 def spec(sample_rows: int):
-    from ml.spec import parse_spec
+    from ml.core.spec import parse_spec
 
     return parse_spec({
         "name": "bench", "entity_key": "id", "time_column": "as_of_date", "features": {"relation": RELATION},
@@ -93,7 +101,7 @@ def build(settings: Settings, rows: int) -> tuple[Settings, Path]:
     """The synthetic day, its predictions, a version directory with its reference, and a manifest declaring it."""
     import pyarrow.parquet as pq
 
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     with Warehouse.connect(settings) as wh:
         wh.execute("create schema if not exists marts")
@@ -121,7 +129,7 @@ def build(settings: Settings, rows: int) -> tuple[Settings, Path]:
 
 
 def _decisions(settings: Settings, model: str, day: date) -> dict[str, dict]:
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     with Warehouse.connect(settings, read_only=True) as wh:
         rows = wh.read_arrow(f"select column_name, score, drifted from ml.drift_metrics where model_name = '{model}' "
@@ -133,10 +141,17 @@ def full_data(spec_, settings: Settings, version_dir: Path, cap: int | None) -> 
     """Evidently's preset on the whole day (or a seeded sample of `cap` rows of it)."""
     import pyarrow.parquet as pq
 
-    from ml.data import relations, to_frame
-    from ml.monitor import SCORE, _run_evidently, drift_columns, prepare_reference, read_snapshot, sample_sql
-    from ml.spec import FeatureSchema
-    from ml.warehouse import Warehouse
+    from ml.core.spec import FeatureSchema
+    from ml.core.warehouse import Warehouse
+    from ml.monitoring.drift import (
+        SCORE,
+        _run_evidently,
+        drift_columns,
+        prepare_reference,
+        read_snapshot,
+        sample_sql,
+    )
+    from ml.training.data import relations, to_frame
 
     manifest = json.loads((version_dir / "manifest.json").read_text())
     base = drift_columns(spec_, FeatureSchema.from_dict(manifest["feature_schema"]))
@@ -175,7 +190,7 @@ def compare(ours: dict[str, dict], full: dict[str, dict], designed: dict[str, fl
 
 
 def synthetic(rows: int, sample_rows: int, repeats: int, full_cap: int | None) -> dict:
-    from ml.monitor import check_drift
+    from ml.monitoring.drift import check_drift
 
     with scratch_settings(NAME, "duckdb") as scratch:
         started = time.perf_counter()
@@ -212,16 +227,16 @@ def simulated(sample_rows: int) -> dict:
     import pyarrow.compute as pc
     import yaml
 
-    from ml.data import to_frame
-    from ml.dbt import run_dbt
-    from ml.ingest import load_days
-    from ml.models import load_candidate
-    from ml.monitor import check_drift
+    from ml.core.spec import SPEC_DIR, FeatureSchema, parse_spec
+    from ml.core.warehouse import Warehouse
+    from ml.features.dbt import run_dbt
+    from ml.ingest.load import load_days
+    from ml.ingest.simulate import SimConfig
+    from ml.monitoring.drift import check_drift
     from ml.registry import Registry
-    from ml.simulate import SimConfig
-    from ml.spec import SPEC_DIR, FeatureSchema, parse_spec
-    from ml.train import train
-    from ml.warehouse import Warehouse
+    from ml.training.candidates import load_candidate
+    from ml.training.data import to_frame
+    from ml.training.steps import train
 
     cfg = SimConfig(seed=3, customers=1500, start=date(2024, 10, 1), days=171, drift_date=date(2025, 3, 1))
     days = [date(2025, 2, 21) + timedelta(days=3 * i) for i in range(8)]

@@ -49,8 +49,8 @@ from bench._common import (  # noqa: E402
     warehouse_size_bytes,
     write_result,
 )
-from ml.settings import Settings  # noqa: E402
-from ml.simulate import SimConfig  # noqa: E402
+from ml.core.settings import Settings  # noqa: E402
+from ml.ingest.simulate import SimConfig  # noqa: E402
 
 NAME = "bench_features"
 FEATURES = "marts.customer_features_daily"
@@ -58,7 +58,7 @@ MODEL_ID = "model.tidemark.customer_features_daily"
 
 
 def _load_history(cfg: SimConfig, settings: Settings) -> dict:
-    from ml.ingest import load_days
+    from ml.ingest.load import load_days
 
     report = load_days(cfg, settings=settings)
     return {"rows": dict(report.rows), "seconds": report.seconds, "peak_rss_mib": peak_rss_self_mib()}
@@ -88,7 +88,7 @@ class _Dbt:
     def __call__(
         self, args: list[str], vars: dict | None = None, timeout_s: float | None = None, allow_failure: bool = False
     ) -> dict:
-        from ml.dbt import run_dbt
+        from ml.features.dbt import run_dbt
 
         timed_out = threading.Event()
 
@@ -132,7 +132,7 @@ class _Dbt:
 
 def _day_fingerprint(settings: Settings, day: date) -> dict:
     """Row count and sha256 over every column of the feature rows for `day`, in customer_id order."""
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     with Warehouse.connect(settings, read_only=True) as wh:
         table = wh.read_arrow(f"select * from {FEATURES} where as_of_date = '{day}' order by customer_id")
@@ -144,7 +144,7 @@ def _day_fingerprint(settings: Settings, day: date) -> dict:
 
 
 def _table_stats(settings: Settings) -> dict:
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     with Warehouse.connect(settings, read_only=True) as wh:
         return {

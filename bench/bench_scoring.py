@@ -9,7 +9,7 @@ few features plus noise), published to a local registry and promoted to champion
 
 Measured on the same `--rows` rows, in this run:
 
-- ours: `ml.score` end to end: stream the partition out of DuckDB as Arrow batches, score, write the
+- ours: `ml.scoring.score` end to end: stream the partition out of DuckDB as Arrow batches, score, write the
   shard's Parquet file, and replace the (model, as_of_date) partition of ml.predictions in one
   transaction. Median of `--repeats`.
 - ceiling: `booster.predict` alone on the same rows already in memory as a float64 numpy matrix.
@@ -42,8 +42,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import console, fmt_ratio, median, print_table, ratio, scratch_settings, write_result  # noqa: E402
-from ml.settings import Settings  # noqa: E402
+from bench._common import (  # noqa: E402
+    console,
+    fmt_ratio,
+    median,
+    print_table,
+    ratio,
+    scratch_settings,
+    write_result,
+)
+from ml.core.settings import Settings  # noqa: E402
 
 NAME = "bench_scoring"
 DAY, RSS_DAY = date(2025, 3, 1), date(2025, 3, 2)
@@ -71,7 +79,7 @@ def _column_sql(name: str, kind: str, spec) -> str:
 
 
 def _synthesize(settings: Settings, spec, relation, day: date, rows: int, offset: int) -> None:
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
 
     cols = [f"date '{day}' as {name}" if name == spec.time_column else _column_sql(name, kind, spec)
             for name, kind in relation.columns.items()]
@@ -88,11 +96,11 @@ def _train_champion(settings: Settings, spec, schema, train_rows: int) -> dict:
     """Fit the spec's LightGBM candidate on a sample with a synthetic label; publish and promote it."""
     import numpy as np
 
-    from ml.data import to_frame
-    from ml.evaluate import choose_threshold
-    from ml.models import build_candidate
+    from ml.core.warehouse import Warehouse
     from ml.registry import Registry
-    from ml.warehouse import Warehouse
+    from ml.training.candidates import build_candidate
+    from ml.training.data import to_frame
+    from ml.training.metrics import choose_threshold
 
     with Warehouse.connect(settings, read_only=True) as wh:
         table = wh.read_arrow(f"select * from {FEATURES} where {spec.time_column} = date '{DAY}' "
@@ -123,7 +131,7 @@ def _train_champion(settings: Settings, spec, schema, train_rows: int) -> dict:
 
 
 def _ours(settings: Settings, spec, run_id: str) -> dict:
-    from ml.score import publish_predictions, score_shard
+    from ml.scoring.score import publish_predictions, score_shard
 
     scored_at = datetime.now(timezone.utc)
     started = time.perf_counter()
@@ -139,9 +147,9 @@ def _ceiling(settings: Settings, spec) -> dict:
     """booster.predict on the partition's rows already in memory as a C-ordered float64 matrix."""
     import numpy as np
 
-    from ml.data import to_frame
-    from ml.score import load_champion
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
+    from ml.scoring.score import load_champion
+    from ml.training.data import to_frame
 
     model, _, _ = load_champion(spec, settings)
     with Warehouse.connect(settings, read_only=True) as wh:
@@ -158,7 +166,7 @@ def _naive(settings: Settings, spec, rows: int) -> dict:
     import duckdb
     import pandas as pd
 
-    from ml.score import load_champion
+    from ml.scoring.score import load_champion
 
     model, manifest, version = load_champion(spec, settings)
     con = duckdb.connect(str(settings.warehouse.path))
@@ -190,9 +198,9 @@ def _naive(settings: Settings, spec, rows: int) -> dict:
 CHILD = """
 import json, logging, resource, sys, time
 from datetime import date, datetime, timezone
-from ml.settings import Settings
-from ml.spec import load_spec
-from ml.score import publish_predictions, score_shard
+from ml.core.settings import Settings
+from ml.core.spec import load_spec
+from ml.scoring.score import publish_predictions, score_shard
 logging.basicConfig(level=logging.INFO, format="    %(message)s")
 def peak():
     try:  # the high-water mark of this process's own memory; ru_maxrss also counts the parent's at fork
@@ -225,7 +233,7 @@ def _rss(settings: Settings) -> dict:
 
 
 def run(rows: int, rss_rows: int, naive_rows: int, train_rows: int, repeats: int) -> dict:
-    from ml.spec import dbt_relation, feature_schema, load_spec
+    from ml.core.spec import dbt_relation, feature_schema, load_spec
 
     spec = load_spec("churn")
     naive_rows = min(naive_rows, rows)

@@ -39,8 +39,8 @@ from bench._common import (  # noqa: E402
     warehouse_size_bytes,
     write_result,
 )
-from ml.settings import Settings  # noqa: E402
-from ml.simulate import SimConfig  # noqa: E402
+from ml.core.settings import Settings  # noqa: E402
+from ml.ingest.simulate import SimConfig  # noqa: E402
 
 NAME = "bench_simulate"
 DEFAULT_CUSTOMERS = {"duckdb": 1_000_000, "postgres": 100_000}
@@ -51,13 +51,13 @@ def _baseline() -> dict:
     import duckdb  # noqa: F401
     import pyarrow  # noqa: F401
 
-    import ml.ingest  # noqa: F401
+    import ml.ingest.load  # noqa: F401
 
     return {"peak_rss_mib": peak_rss_self_mib()}
 
 
 def _simulate_only(cfg: SimConfig) -> dict:
-    from ml.simulate import simulate
+    from ml.ingest.simulate import simulate
 
     rows: dict[str, int] = {}
     started = time.perf_counter()
@@ -68,8 +68,8 @@ def _simulate_only(cfg: SimConfig) -> dict:
 
 
 def _load(cfg: SimConfig, settings: Settings) -> dict:
-    from ml.ingest import load_days
-    from ml.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse
+    from ml.ingest.load import load_days
 
     write_seconds = 0.0
     replace = Warehouse.replace_partitions
@@ -97,7 +97,7 @@ def _load(cfg: SimConfig, settings: Settings) -> dict:
 def _ctas_ceiling(cfg: SimConfig, path: str) -> dict:
     import duckdb
 
-    from ml.simulate import simulate
+    from ml.ingest.simulate import simulate
 
     con = duckdb.connect(path)
     created: set[str] = set()

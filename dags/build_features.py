@@ -20,14 +20,31 @@ import os
 
 import pendulum
 from airflow.sdk import dag, task
-from cosmos import DbtResourceType, DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
-from cosmos.constants import InvocationMode, LoadMode, SourceRenderingBehavior, TestBehavior
+from cosmos import (
+    DbtResourceType,
+    DbtTaskGroup,
+    ExecutionConfig,
+    ProfileConfig,
+    ProjectConfig,
+    RenderConfig,
+)
+from cosmos.constants import (
+    InvocationMode,
+    LoadMode,
+    SourceRenderingBehavior,
+    TestBehavior,
+)
 
-from ml.assets import FEATURES, RAW
-from ml.dbt import dbt_executable
-from ml.dbt_tasks import gate_on_detached_tests, require_manifest, source_tests_task
-from ml.orchestration import WAREHOUSE_POOL, resolve_interval
-from ml.settings import Settings
+from ml.core.settings import Settings
+from ml.features.cosmos import (
+    gate_on_detached_tests,
+    require_manifest,
+    source_tests_task,
+)
+from ml.features.dbt import dbt_executable
+from ml.orchestration.assets import FEATURES, RAW
+from ml.orchestration.bootstrap import WAREHOUSE_POOL
+from ml.orchestration.intervals import resolve_interval
 
 settings = Settings.from_env()
 # The warehouse password stays out of the serialized DAG, which stores the operators' `env` below. It

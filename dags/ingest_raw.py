@@ -15,8 +15,10 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import Param, dag, task
 
-from ml.assets import RAW
-from ml.orchestration import SIM_DEFAULTS, WAREHOUSE_POOL, ingest_interval, resolve_interval
+from ml.ingest.steps import SIM_DEFAULTS, ingest_interval
+from ml.orchestration.assets import RAW
+from ml.orchestration.bootstrap import WAREHOUSE_POOL
+from ml.orchestration.intervals import resolve_interval
 
 
 @dag(

@@ -4,6 +4,8 @@
 Watches the champion after it scores: runs whenever the `predictions` asset is updated (or with conf
 `{"start": ..., "end": ...}` for a range of days), one day at a time in date order.
 
+0. `resolve_interval` picks the days and pins the run to one champion version: every later task
+   watches that version, even if a promotion lands while the run is going.
 1. `check_drift` runs Evidently's DataDriftPreset on a bounded sample of each day's features and scores,
    drawn inside the warehouse, against the reference sample stored with the champion at training time.
    Per-column and dataset results go to `ml.drift_metrics`; the HTML and JSON reports go to the
@@ -19,18 +21,17 @@ Watches the champion after it scores: runs whenever the `predictions` asset is u
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import dag, task
 
-from ml.assets import MONITORING, PREDICTIONS, RETRAIN_REQUESTED
-from ml.orchestration import WAREHOUSE_POOL, resolve_interval
-from ml.settings import Settings
-from ml.spec import load_spec
+from ml.core.settings import Settings
+from ml.core.spec import load_spec
+from ml.orchestration.assets import MONITORING, PREDICTIONS, RETRAIN_REQUESTED
+from ml.orchestration.bootstrap import WAREHOUSE_POOL
+from ml.orchestration.intervals import resolve_interval
 
 settings = Settings.from_env()
-spec = load_spec(os.environ.get("TIDEMARK_MODEL_SPEC", "churn"))
+spec = load_spec(settings.model_spec)
 
 
 @dag(
@@ -45,35 +46,39 @@ spec = load_spec(os.environ.get("TIDEMARK_MODEL_SPEC", "churn"))
 def monitor_model():
     @task(task_id="resolve_interval")
     def resolve(dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None):
-        """The as-of dates this run checks."""
-        return resolve_interval(dag_run.conf, triggering_asset_events, data_interval_start, data_interval_end,
-                                asset_name=PREDICTIONS.name)
+        """The as-of dates this run checks and the champion version it watches."""
+        from ml.monitoring.steps import plan_monitoring
+
+        interval = resolve_interval(dag_run.conf, triggering_asset_events, data_interval_start, data_interval_end,
+                                    asset_name=PREDICTIONS.name)
+        return plan_monitoring(spec, settings, interval)
 
     @task(pool=WAREHOUSE_POOL)
-    def check_drift(interval: dict) -> list[dict]:
+    def check_drift(plan: dict) -> list[dict]:
         """Drift of features and scores per day, against the champion's reference sample."""
-        from ml.watch import drift_for_interval
+        from ml.monitoring.steps import drift_for_interval
 
-        return drift_for_interval(spec, settings, interval)
+        return drift_for_interval(spec, settings, plan)
 
     @task(pool=WAREHOUSE_POOL)
-    def track_performance(interval: dict) -> list[dict]:
+    def track_performance(plan: dict) -> list[dict]:
         """Realized metrics for the dates whose labels matured."""
-        from ml.watch import performance_for_interval
+        from ml.monitoring.steps import performance_for_interval
 
-        return performance_for_interval(spec, settings, interval)
+        return performance_for_interval(spec, settings, plan)
 
     @task(pool=WAREHOUSE_POOL, outlets=[MONITORING])
-    def decide_retrain(interval: dict, drift: list[dict], performance: list[dict], outlet_events=None) -> dict:
+    def decide_retrain(plan: dict, drift: list[dict], performance: list[dict], outlet_events=None) -> dict:
         """`request`: the first day in the interval on which a trigger fires outside the cooldown, or None.
 
         Always a dict, so that a quiet interval still leaves an XCom for the tasks downstream to read.
         """
-        from ml.watch import decide_for_interval
+        from ml.monitoring.steps import decide_for_interval
 
         # The interval's drift and performance rows are written: announce them whatever is decided.
-        outlet_events[MONITORING].extra = {"start": interval["start"], "end": interval["end"]}
-        return {"request": decide_for_interval(spec, settings, interval)}
+        outlet_events[MONITORING].extra = {"start": plan["start"], "end": plan["end"], "model": plan["model"],
+                                            "version": plan["version"]}
+        return {"request": decide_for_interval(spec, settings, plan)}
 
     @task.short_circuit
     def retrain_needed(decision: dict) -> bool:
@@ -85,8 +90,8 @@ def monitor_model():
         outlet_events[RETRAIN_REQUESTED].extra = decision["request"]
         return decision["request"]
 
-    interval = resolve()
-    decision = decide_retrain(interval, check_drift(interval), track_performance(interval))
+    plan = resolve()
+    decision = decide_retrain(plan, check_drift(plan), track_performance(plan))
     retrain_needed(decision) >> request_retrain(decision)
 
 

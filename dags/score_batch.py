@@ -23,19 +23,17 @@ a writer holds the file. On PostgreSQL, give the pool more slots to score the sh
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import dag, task
 
-from ml.assets import FEATURES, PREDICTIONS
-from ml.orchestration import WAREHOUSE_POOL, interval_days, resolve_interval
-from ml.settings import Settings
-from ml.spec import load_spec
+from ml.core.settings import Settings
+from ml.core.spec import load_spec
+from ml.orchestration.assets import FEATURES, PREDICTIONS
+from ml.orchestration.bootstrap import WAREHOUSE_POOL
+from ml.orchestration.intervals import interval_days, resolve_interval
 
 settings = Settings.from_env()
-SPEC_NAME = os.environ.get("TIDEMARK_MODEL_SPEC", "churn")
-spec = load_spec(SPEC_NAME)
+spec = load_spec(settings.model_spec)
 SHARDS = list(range(spec.scoring.shards))
 
 
@@ -52,18 +50,18 @@ def score_batch():
     @task(task_id="resolve_interval")
     def resolve(dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None) -> dict:
         """The days to score, the champion version and the run's scored_at time."""
-        from ml.score import champion_version
+        from ml.registry.champion import champion_version
 
         interval = resolve_interval(dag_run.conf, triggering_asset_events, data_interval_start, data_interval_end,
                                     asset_name=FEATURES.name)
         scored_at = dag_run.start_date or dag_run.run_after
-        return {**interval, "model": spec.name, "version": champion_version(spec, settings),
+        return {**interval, "model": spec.name, "version": champion_version(settings, spec.name),
                 "scored_at": scored_at.isoformat()}
 
     @task(pool=WAREHOUSE_POOL)
     def score_shard(shard: int, plan: dict, dag_run=None) -> dict:
         """Score one entity-hash shard of every day into Parquet files."""
-        from ml.score import score_shard
+        from ml.scoring.score import score_shard
 
         return score_shard(spec, settings, interval_days(plan), shard, len(SHARDS), dag_run.run_id,
                            plan["scored_at"], version=plan["version"])
@@ -71,7 +69,7 @@ def score_batch():
     @task(pool=WAREHOUSE_POOL, outlets=[PREDICTIONS])
     def publish(plan: dict, shards: list[dict], outlet_events=None) -> dict:
         """Swap every day's partition of ml.predictions for the shards' rows, then announce it."""
-        from ml.score import publish_predictions
+        from ml.scoring.score import publish_predictions
 
         result = publish_predictions(spec, settings, list(shards))
         outlet_events[PREDICTIONS].extra = {"start": plan["start"], "end": plan["end"], "model": result["model"],
@@ -81,7 +79,7 @@ def score_batch():
     @task(pool=WAREHOUSE_POOL)
     def refresh_scores_mart(published: dict) -> dict:
         """Rebuild and test the dbt models on ml.predictions."""
-        from ml.score import build_scores_mart
+        from ml.scoring.score import build_scores_mart
 
         build_scores_mart(settings)
         return published

@@ -20,19 +20,17 @@ updated; a spec with `schedule: null` retrains only on request.
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
-from ml.assets import CHAMPION, RETRAIN_REQUESTED
-from ml.orchestration import GPU_POOL, GPU_QUEUE, WAREHOUSE_POOL, resolve_as_of
-from ml.settings import Settings
-from ml.spec import load_spec
+from ml.core.settings import Settings
+from ml.core.spec import load_spec
+from ml.orchestration.assets import CHAMPION, RETRAIN_REQUESTED
+from ml.orchestration.bootstrap import GPU_POOL, WAREHOUSE_POOL
+from ml.orchestration.intervals import resolve_as_of
 
 settings = Settings.from_env()
-SPEC_NAME = os.environ.get("TIDEMARK_MODEL_SPEC", "churn")
-spec = load_spec(SPEC_NAME)
+spec = load_spec(settings.model_spec)
 CPU_CANDIDATES = [c.name for c in spec.candidates if not c.uses_gpu]
 GPU_CANDIDATES = [c.name for c in spec.candidates if c.uses_gpu]
 
@@ -52,7 +50,7 @@ def train_model():
     @task(pool=WAREHOUSE_POOL)
     def extract(dag_run=None, triggering_asset_events=None, data_interval_end=None) -> dict:
         """Read and split the labelled rows known at the as-of date."""
-        from ml.train import extract_step
+        from ml.training.steps import extract_step
 
         as_of = resolve_as_of(dag_run.conf, triggering_asset_events, data_interval_end, dag_run.run_after)
         return extract_step(spec, settings, dag_run.run_id, as_of)
@@ -60,35 +58,35 @@ def train_model():
     @task
     def train_cpu(candidate: str, data: dict) -> dict:
         """Fit one CPU candidate."""
-        from ml.train import train_step
+        from ml.training.steps import train_step
 
-        return train_step(spec, data, candidate)
+        return train_step(spec, settings, data, candidate)
 
-    @task(pool=GPU_POOL, queue=GPU_QUEUE)
+    @task(pool=GPU_POOL, queue=settings.gpu_queue)
     def train_gpu(candidate: str, data: dict) -> dict:
         """Fit one PyTorch candidate: on CUDA when the worker has a GPU, else on the CPU."""
-        from ml.train import train_step
+        from ml.training.steps import train_step
 
-        return train_step(spec, data, candidate)
+        return train_step(spec, settings, data, candidate)
 
     @task
     def evaluate(data: dict, cpu: list[dict], gpu: list[dict]) -> dict:
         """Challenger and champion on the same out-of-time test rows."""
-        from ml.train import evaluate_step
+        from ml.training.evaluate import evaluate_step
 
         return evaluate_step(spec, settings, data, [*cpu, *gpu])
 
     @task
     def gate(evaluation: dict) -> dict:
         """The spec's promotion policy, with a reason for every check."""
-        from ml.train import gate_step
+        from ml.training.steps import gate_step
 
         return gate_step(spec, evaluation)
 
     @task(pool=WAREHOUSE_POOL)
     def promote(data: dict, evaluation: dict, decision: dict, dag_run=None) -> dict:
         """Publish the version, record the decision, move the champion if the gate passed."""
-        from ml.train import promote_step
+        from ml.training.steps import promote_step
 
         return promote_step(spec, settings, data, evaluation, decision, run_id=dag_run.run_id)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.settings import Settings
+from ml.core.settings import Settings
 
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="tidemark-tests-"))
 os.environ.update(Settings.from_env({"TIDEMARK_HOME": str(SESSION_HOME)}).airflow_env())
@@ -27,7 +27,7 @@ def pytest_unconfigure(config) -> None:
 @pytest.fixture(scope="session")
 def airflow_settings() -> Settings:
     """Settings of the session home, with Airflow's metadata DB migrated and the pools created."""
-    from ml.orchestration import init_airflow
+    from ml.orchestration.bootstrap import init_airflow
 
     settings = Settings.from_env()
     init_airflow(settings)

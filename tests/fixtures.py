@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
-from ml.simulate import SimConfig
+from ml.core.settings import REPO_ROOT, Settings, parse_warehouse_url
+from ml.ingest.simulate import SimConfig
 
 # The real public data sets live beside the repository (../shared/data), never inside it.
 PUBLIC_DATA_CANDIDATES = [
-    Path(p) for p in (os.environ.get("TIDEMARK_PUBLIC_DATA"), REPO_ROOT.parent / "shared" / "data", "/work/shared/data") if p
+    Path(p) for p in (Settings.from_env().public_data, REPO_ROOT.parent / "shared" / "data", "/work/shared/data") if p
 ]
 PUBLIC_DATA_FILES = ("telco_customer_churn.csv", "bank_marketing.csv")
 

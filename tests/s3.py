@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from ml.s3local import DUMMY_AWS_ENV, serve_in_thread
+from ml.tools.s3local import DUMMY_AWS_ENV, serve_in_thread
 
 
 @pytest.fixture(scope="session")

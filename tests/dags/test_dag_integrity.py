@@ -9,9 +9,9 @@ import sys
 
 import pytest
 
-from ml.dbt_tasks import ManifestMissing, require_manifest
-from ml.orchestration import POOLS, WAREHOUSE_POOL
-from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
+from ml.core.settings import REPO_ROOT, Settings, parse_warehouse_url
+from ml.features.cosmos import ManifestMissing, require_manifest
+from ml.orchestration.bootstrap import POOLS, WAREHOUSE_POOL
 
 DAGS_DIR = REPO_ROOT / "dags"
 DAG_IDS = {"ingest_raw", "build_features", "train_model", "score_batch", "monitor_model"}
@@ -178,7 +178,7 @@ def test_a_missing_manifest_says_to_run_make_install(tmp_path):
 
 
 def test_train_model_maps_one_task_per_candidate_and_routes_pytorch_to_the_gpu_pool(dagbag):
-    from ml.spec import load_spec
+    from ml.core.spec import load_spec
 
     dag = dagbag.dags["train_model"]
     spec = load_spec("churn")

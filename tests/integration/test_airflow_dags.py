@@ -10,8 +10,8 @@ from datetime import date, timedelta
 
 import pytest
 
-from ml.orchestration import describe_marts
-from ml.warehouse import Warehouse
+from ml.core.warehouse import Warehouse
+from ml.features.marts import describe_marts
 from tests.fixtures import parsed_dags
 
 SIM = {"seed": 11, "customers": 300, "sim_start": "2025-01-01", "drift_date": "2025-01-25"}

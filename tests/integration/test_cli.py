@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from ml.cli import app
+from ml.cli.app import app
 from ml.registry import Registry
 
 

@@ -7,9 +7,10 @@ from datetime import timedelta
 import pyarrow as pa
 import pytest
 
-from ml.ingest import RAW_SCHEMA, load_days, raw_table_hashes
-from ml.simulate import RAW_KEYS, simulate
-from ml.warehouse import Warehouse
+from ml.core.warehouse import Warehouse
+from ml.ingest.load import RAW_SCHEMA, load_days, raw_table_hashes
+from ml.ingest.raw_tables import RAW_KEYS
+from ml.ingest.simulate import simulate
 
 TABLES = [f"{RAW_SCHEMA}.{name}" for name in RAW_KEYS]
 

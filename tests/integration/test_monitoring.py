@@ -23,20 +23,29 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from ml.data import to_frame
-from ml.dbt import run_dbt
-from ml.ingest import load_days
-from ml.models import load_candidate
-from ml.monitor import (
-    DATASET_ROW, MonitorError, check_drift, drift_columns, drift_history, performance_history, read_snapshot,
-    realized_performance, sample_sql,
+from ml.core.settings import Settings, parse_warehouse_url
+from ml.core.spec import SPEC_DIR, FeatureSchema, parse_spec
+from ml.core.warehouse import Warehouse
+from ml.features.dbt import run_dbt
+from ml.ingest.load import load_days
+from ml.ingest.simulate import SimConfig
+from ml.monitoring.drift import (
+    DATASET_ROW,
+    MonitoringError,
+    check_drift,
+    drift_columns,
+    read_snapshot,
+    sample_sql,
+)
+from ml.monitoring.performance import (
+    drift_history,
+    performance_history,
+    realized_performance,
 )
 from ml.registry import Registry
-from ml.settings import Settings, parse_warehouse_url
-from ml.simulate import SimConfig
-from ml.spec import SPEC_DIR, FeatureSchema, parse_spec
-from ml.train import train
-from ml.warehouse import Warehouse
+from ml.training.candidates import load_candidate
+from ml.training.data import to_frame
+from ml.training.steps import train
 from tests.fixtures import parsed_dags
 
 SIM = SimConfig(seed=3, customers=1500, start=date(2024, 10, 1), days=171, drift_date=date(2025, 3, 1))
@@ -196,7 +205,7 @@ def test_drift_history_lists_the_dataset_rows_by_date(world):
 def test_monitoring_columns_must_be_features():
     schema = FeatureSchema(numeric=("monthly_price", "tenure_days"), categorical=("region",))
     assert drift_columns(_spec(), schema) == FeatureSchema(("monthly_price",), ("region",))
-    with pytest.raises(MonitorError, match=r"\['nope'\] of spec 'churn' are not features"):
+    with pytest.raises(MonitoringError, match=r"\['nope'\] of spec 'churn' are not features"):
         drift_columns(_spec(columns=["monthly_price", "nope"]), schema)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from ml.dbt import run_dbt
-from ml.tables import TableLoadError, load_csv
-from ml.warehouse import Warehouse
+from ml.core.warehouse import Warehouse
+from ml.features.dbt import run_dbt
+from ml.ingest.csv_files import TableLoadError, load_csv
 from tests.fixtures import PUBLIC_DATA_CANDIDATES, public_data_dir
 
 DATA_DIR = public_data_dir() or PUBLIC_DATA_CANDIDATES[0]

@@ -21,13 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ml.data import to_frame
-from ml.dbt import run_dbt
-from ml.ingest import load_days
-from ml.settings import REPO_ROOT, Settings, parse_warehouse_url
-from ml.simulate import SimConfig
-from ml.spec import SPEC_DIR, load_spec
-from ml.warehouse import Warehouse
+from ml.core.settings import REPO_ROOT, Settings, parse_warehouse_url
+from ml.core.spec import SPEC_DIR, load_spec
+from ml.core.warehouse import Warehouse
+from ml.features.dbt import run_dbt
+from ml.ingest.load import load_days
+from ml.ingest.simulate import SimConfig
+from ml.training.data import to_frame
 from tests.fixtures import create_database, drop_database, parsed_dags
 
 SIM = SimConfig(seed=13, customers=500, start=date(2025, 1, 1), days=80, drift_date=None)
@@ -55,7 +55,7 @@ def _test_spec(path) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, airflow_settings):
     """A DuckDB warehouse with features, a trained champion, the spec, and the score_batch DAG parsed on them."""
-    from ml.train import train
+    from ml.training.steps import train
 
     home = tmp_path_factory.mktemp("scoring")
     settings = Settings(home=home, warehouse=parse_warehouse_url(f"duckdb:///{home / 'warehouse.duckdb'}"))
@@ -130,7 +130,7 @@ def _shard_scores(paths) -> dict[str, float]:
 
 
 def test_a_publish_killed_inside_its_transaction_keeps_the_old_rows_and_its_rerun_lands_once(any_world):
-    from ml.score import score_days, score_shard
+    from ml.scoring.score import score_days, score_shard
 
     settings, spec = any_world["settings"], any_world["spec"]
     score_days(spec, settings, [DAY], "kill-first", scored_at=FIRST_RUN)
@@ -142,8 +142,8 @@ def test_a_publish_killed_inside_its_transaction_keeps_the_old_rows_and_its_reru
     results = settings.home / "kill-second.json"
     results.write_text(json.dumps(shards))
     code = ("import json, logging; logging.basicConfig(level=logging.WARNING); "
-            "from ml.score import publish_predictions; from ml.settings import Settings; "
-            "from ml.spec import load_spec; "
+            "from ml.scoring.score import publish_predictions; from ml.core.settings import Settings; "
+            "from ml.core.spec import load_spec; "
             f"publish_predictions(load_spec({str(any_world['spec_path'])!r}), Settings.from_env(), "
             f"json.load(open({str(results)!r})))")
     env = {**os.environ, "TIDEMARK_HOME": str(settings.home), "TIDEMARK_WAREHOUSE_URL": settings.warehouse.url,
@@ -168,7 +168,7 @@ def test_a_publish_killed_inside_its_transaction_keeps_the_old_rows_and_its_reru
     after_kill = _partition(settings, DAY)
     assert after_kill == before
 
-    from ml.score import publish_predictions
+    from ml.scoring.score import publish_predictions
 
     published = publish_predictions(spec, settings, shards)
     assert published["rows"] == {DAY.isoformat(): before["features"]}
@@ -177,7 +177,7 @@ def test_a_publish_killed_inside_its_transaction_keeps_the_old_rows_and_its_reru
 
 
 def test_overlapping_backfills_leave_one_row_per_customer_per_day(world):
-    from ml.score import score_days
+    from ml.scoring.score import score_days
 
     settings, spec = world["settings"], world["spec"]
     first = [date(2025, 2, 1) + timedelta(days=i) for i in range(4)]
@@ -194,7 +194,7 @@ def test_overlapping_backfills_leave_one_row_per_customer_per_day(world):
 
 
 def test_three_shards_give_exactly_the_rows_and_scores_of_one(any_world):
-    from ml.score import load_champion, score_shard
+    from ml.scoring.score import load_champion, score_shard
 
     settings, spec = any_world["settings"], any_world["spec"]
     day = date(2025, 3, 1)
@@ -221,7 +221,7 @@ def test_three_shards_give_exactly_the_rows_and_scores_of_one(any_world):
 
 @pytest.mark.postgres
 def test_duckdb_and_postgresql_put_each_customer_in_the_same_shard_with_the_same_score(world, pg_world):
-    from ml.score import score_shard
+    from ml.scoring.score import score_shard
 
     day = date(2025, 3, 2)
     by_warehouse = []
@@ -235,7 +235,7 @@ def test_duckdb_and_postgresql_put_each_customer_in_the_same_shard_with_the_same
 
 
 def test_streaming_keeps_batches_bounded_and_a_failed_shard_leaves_its_last_file(any_world, monkeypatch):
-    from ml.score import score_shard
+    from ml.scoring.score import score_shard
 
     settings, spec = any_world["settings"], any_world["spec"]
     where = "as_of_date <= date '2025-01-10'"
@@ -266,7 +266,7 @@ def _failing_after_one_batch(stream):
 
 
 def test_scoring_without_a_champion_says_to_train_first(tmp_path, world):
-    from ml.score import ScoringError, score_days
+    from ml.scoring.score import ScoringError, score_days
 
     settings = Settings(home=tmp_path, warehouse=world["settings"].warehouse)
     with pytest.raises(ScoringError, match=r"model 'churn' has no champion .* train one first"):
@@ -314,7 +314,7 @@ def test_score_batch_dag_scores_publishes_and_builds_the_latest_scores_mart(worl
 
 
 def test_a_cached_champion_that_was_altered_is_fetched_again_before_it_scores(world):
-    from ml.score import load_champion
+    from ml.scoring.score import load_champion
 
     settings, spec = world["settings"], world["spec"]
     model, manifest, version = load_champion(spec, settings)

@@ -13,13 +13,13 @@ from datetime import date, timedelta
 import pytest
 import yaml
 
-from ml.dbt import run_dbt
-from ml.ingest import load_days
+from ml.core.settings import Settings, parse_warehouse_url
+from ml.core.spec import SPEC_DIR, load_spec
+from ml.core.warehouse import Warehouse
+from ml.features.dbt import run_dbt
+from ml.ingest.load import load_days
+from ml.ingest.simulate import SimConfig
 from ml.registry import IntegrityError, Registry
-from ml.settings import Settings, parse_warehouse_url
-from ml.simulate import SimConfig
-from ml.spec import SPEC_DIR, load_spec
-from ml.warehouse import Warehouse
 from tests.fixtures import parsed_dags
 
 # No drift event: the point here is the training machinery, so the test window behaves like the past.
@@ -116,7 +116,7 @@ def test_first_run_promotes_a_champion_then_an_identical_challenger_is_rejected(
 
 
 def test_a_tampered_champion_is_refused_and_stays_champion(world):
-    from ml.train import train
+    from ml.training.steps import train
 
     settings, spec = world["settings"], world["spec"]
     registry = Registry.from_settings(settings)

@@ -7,10 +7,16 @@ from datetime import date, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from ml.monitor import DATASET_ROW, DRIFT_METRICS, DRIFT_SCHEMA, MODEL_PERFORMANCE, PERFORMANCE_SCHEMA
-from ml.spec import load_spec
-from ml.triggers import check_triggers
-from ml.warehouse import Warehouse
+from ml.core.spec import load_spec
+from ml.core.warehouse import Warehouse
+from ml.monitoring.drift import (
+    DATASET_ROW,
+    DRIFT_METRICS,
+    DRIFT_SCHEMA,
+    MODEL_PERFORMANCE,
+)
+from ml.monitoring.performance import PERFORMANCE_SCHEMA
+from ml.monitoring.triggers import check_triggers
 
 D0 = date(2025, 3, 1)
 SPEC = load_spec("churn")  # horizon 30, consecutive_days 2, cooldown 14, decay_tolerance 0.05

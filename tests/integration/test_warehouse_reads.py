@@ -8,8 +8,8 @@ from decimal import Decimal
 import pyarrow as pa
 import pytest
 
-from ml.ingest import load_days, raw_table_hashes
-from ml.warehouse import Warehouse, WarehouseError
+from ml.core.warehouse import Warehouse, WarehouseError
+from ml.ingest.load import load_days, raw_table_hashes
 
 # The types the pipeline declares, with the awkward values: NULLs, an empty string, a digits-only text.
 SCHEMA = pa.schema([

@@ -7,14 +7,15 @@ marketing without `duration` 0.79-0.80), measured on a stratified random holdout
 from __future__ import annotations
 
 import json
+
 import pytest
 
-from ml.dbt import run_dbt
+from ml.core.settings import Settings, parse_warehouse_url
+from ml.core.spec import load_spec
+from ml.features.dbt import run_dbt
+from ml.ingest.csv_files import load_csv
 from ml.registry import Registry
-from ml.settings import Settings, parse_warehouse_url
-from ml.spec import load_spec
-from ml.tables import load_csv
-from ml.train import train
+from ml.training.steps import train
 from tests.fixtures import PUBLIC_DATA_CANDIDATES, public_data_dir
 
 DATA = public_data_dir()

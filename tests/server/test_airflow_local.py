@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from ml.settings import REPO_ROOT, Settings
+from ml.core.settings import REPO_ROOT, Settings
 from tests.server.test_airflow_service import Service, _free_port, _token, _wait_for_run
 
 
@@ -62,7 +62,7 @@ def test_start_prints_the_address_and_login_and_a_dag_runs_into_duckdb(local_ser
 
 
 def test_stop_ends_every_process_and_frees_the_port(local_service):
-    from ml.service import _alive, read_state
+    from ml.tools.service import _alive, read_state
 
     service, _ = local_service
     pids = [p["pid"] for p in read_state(service.settings)["processes"]]

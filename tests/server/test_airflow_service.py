@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ml.dbt import run_dbt
-from ml.ingest import load_days
+from ml.core.settings import REPO_ROOT, Settings
+from ml.core.spec import load_spec
+from ml.features.dbt import run_dbt
+from ml.ingest.load import load_days
 from ml.registry import Registry
-from ml.settings import REPO_ROOT, Settings
-from ml.spec import load_spec
 from tests.fixtures import create_database, drop_database
 from tests.integration.test_training import HORIZON, SIM, _test_spec
 from tests.s3 import DUMMY_AWS_ENV
@@ -83,7 +83,7 @@ def service(tmp_path_factory, s3_server):
     import boto3
     import redis
 
-    from ml.service import ServiceConfig, start, stop
+    from ml.tools.service import ServiceConfig, start, stop
 
     metadata_db, warehouse_db = create_database("tidemark_af"), create_database("tidemark_wh")
     bucket = f"tidemark-af-{uuid.uuid4().hex[:8]}"

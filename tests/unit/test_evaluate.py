@@ -1,4 +1,4 @@
-"""Known-answer tests for ml.evaluate: metrics, calibration, threshold, bootstrap, segments, importance."""
+"""Known-answer tests for ml.training.metrics: metrics, calibration, threshold, bootstrap, segments, importance."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
-from ml.evaluate import (
+from ml.training.metrics import (
     METRICS,
     MetricError,
     choose_threshold,

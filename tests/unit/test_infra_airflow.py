@@ -19,8 +19,11 @@ import pytest
 import yaml
 from docker.utils.build import PatternMatcher
 
-from ml.orchestration import GPU_QUEUE, POOLS
-from ml.settings import REPO_ROOT, Settings
+from ml.core.settings import Settings
+from ml.orchestration.bootstrap import POOLS
+
+GPU_QUEUE = Settings.from_env({}).gpu_queue
+from ml.core.settings import REPO_ROOT, Settings
 
 INFRA = REPO_ROOT / "infra" / "airflow"
 DOCKERFILE = INFRA / "Dockerfile"

@@ -14,9 +14,15 @@ import pytest
 import torch
 from sklearn.metrics import log_loss, roc_auc_score
 
-from ml.models import CANDIDATE_KINDS, ModelError, TorchTabularCandidate, build_candidate, load_candidate
-from ml.settings import REPO_ROOT
-from ml.spec import FeatureSchema
+from ml.core.settings import REPO_ROOT
+from ml.core.spec import FeatureSchema
+from ml.training.candidates import (
+    CANDIDATE_KINDS,
+    ModelError,
+    TorchTabularCandidate,
+    build_candidate,
+    load_candidate,
+)
 
 # Categoricals deliberately out of alphabetical order: saved vocabularies must not reorder the codes.
 FEATURES = FeatureSchema(numeric=("x0", "x1", "x2", "x3", "noise"), categorical=("region", "plan"))
@@ -160,7 +166,7 @@ def test_lightgbm_stops_early_on_the_validation_set(fitted) -> None:
 
 def test_torch_same_seed_is_identical_and_another_seed_differs(data, caplog) -> None:
     params = {"device": "cpu", "max_epochs": 3, "hidden_sizes": [32, 16]}
-    with caplog.at_level(logging.INFO, logger="ml.models"):
+    with caplog.at_level(logging.INFO, logger="ml.training.candidates"):
         first = build_candidate("torch_mlp", params, FEATURES, seed=1).fit(*data["train"], *data["valid"])
     epochs_logged = len([r for r in caplog.records if "epoch" in r.getMessage()])  # the first fit's lines only
     torch.manual_seed(12345)
@@ -219,6 +225,6 @@ def test_labels_other_than_zero_and_one_are_rejected(data) -> None:
 
 
 def test_importing_the_module_loads_no_training_library() -> None:
-    code = "import sys, ml.models; print(sorted({'torch', 'lightgbm', 'sklearn.linear_model'} & set(sys.modules)))"
+    code = "import sys, ml.training.candidates; print(sorted({'torch', 'lightgbm', 'sklearn.linear_model'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -6,8 +6,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from ml.orchestration import OrchestrationError, interval_days, resolve_interval, sim_config
-
+from ml.ingest.steps import sim_config
+from ml.orchestration.intervals import (
+    OrchestrationError,
+    interval_days,
+    resolve_interval,
+)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from ml.settings import REPO_ROOT, Settings, SettingsError, parse_warehouse_url
+from ml.core.settings import REPO_ROOT, Settings, SettingsError, parse_warehouse_url
 
 
 def test_defaults_live_under_the_repo_var_folder():
@@ -61,7 +61,7 @@ def test_airflow_state_stays_under_tidemark_home(tmp_path):
 
 
 def test_redacted_url_hides_only_the_password():
-    from ml.settings import redacted_url
+    from ml.core.settings import redacted_url
 
     assert redacted_url("postgresql://u:s3cret@db:5432/wh") == "postgresql://u:***@db:5432/wh"
     assert redacted_url("postgresql+psycopg2://u:s3cret@db/af") == "postgresql+psycopg2://u:***@db/af"

@@ -4,7 +4,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from ml.simulate import RAW_KEYS, RAW_SCHEMAS, SimConfig, simulate
+from ml.ingest.raw_tables import RAW_KEYS, RAW_SCHEMAS
+from ml.ingest.simulate import SimConfig, simulate
 
 
 def _history(cfg):

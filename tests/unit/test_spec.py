@@ -8,9 +8,16 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from ml.data import LABEL, DataError, split
-from ml.settings import Settings
-from ml.spec import SPEC_DIR, SpecError, dbt_relation, feature_schema, load_spec, parse_spec
+from ml.core.settings import Settings
+from ml.core.spec import (
+    SPEC_DIR,
+    SpecError,
+    dbt_relation,
+    feature_schema,
+    load_spec,
+    parse_spec,
+)
+from ml.training.data import LABEL, DataError, split
 
 
 def _churn() -> dict:

@@ -1,0 +1,1 @@
+"""`python -m ml`: the command line for every pipeline stage."""

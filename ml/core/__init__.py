@@ -1,0 +1,1 @@
+"""Settings, model specs, the warehouse, SQL and the errors every stage shares."""

@@ -1,0 +1,218 @@
+"""Typed, frozen settings built from environment variables when asked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+from ml.core.errors import TidemarkError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+WAREHOUSE_EXAMPLES = (
+    "duckdb:///var/warehouse.duckdb (relative to the repo), "
+    "duckdb:////abs/path/warehouse.duckdb, or postgresql://postgres@127.0.0.1:5432/tidemark"
+)
+
+
+class SettingsError(TidemarkError, ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class WarehouseTarget:
+    """Where the warehouse lives: a DuckDB file or a PostgreSQL database."""
+
+    kind: Literal["duckdb", "postgres"]
+    url: str
+    path: Path | None = None
+    host: str = ""
+    port: int = 5432
+    user: str = ""
+    password: str = ""
+    database: str = ""
+
+    @property
+    def dbt_target(self) -> str:
+        return self.kind
+
+    def dsn(self) -> str:
+        """libpq connection string (PostgreSQL only)."""
+        parts = [f"host={self.host}", f"port={self.port}", f"dbname={self.database}", f"user={self.user}"]
+        if self.password:
+            parts.append(f"password={self.password}")
+        return " ".join(parts)
+
+
+def parse_warehouse_url(url: str, *, variable: str = "TIDEMARK_WAREHOUSE_URL") -> WarehouseTarget:
+    """Parse a warehouse URL, naming `variable` and a valid example on any error."""
+    url = url.strip()
+    if url.startswith("duckdb:///"):
+        raw = url[len("duckdb:///"):]
+        if not raw or raw.endswith("/"):
+            raise SettingsError(f"{variable}={url!r} has no database file. Valid examples: {WAREHOUSE_EXAMPLES}")
+        path = Path(raw) if raw.startswith("/") else REPO_ROOT / raw
+        return WarehouseTarget(kind="duckdb", url=url, path=path)
+    if url.startswith(("postgresql://", "postgres://")):
+        parts = urlsplit(url)
+        database = parts.path.lstrip("/")
+        if not parts.hostname or not database:
+            raise SettingsError(
+                f"{variable}={url!r} needs a host and a database name. Valid examples: {WAREHOUSE_EXAMPLES}"
+            )
+        try:
+            port = parts.port or 5432
+        except ValueError as exc:
+            raise SettingsError(f"{variable}={url!r} has a bad port ({exc}). Valid examples: {WAREHOUSE_EXAMPLES}")
+        return WarehouseTarget(
+            kind="postgres",
+            url=url,
+            host=parts.hostname,
+            port=port,
+            user=unquote(parts.username or "postgres"),
+            password=unquote(parts.password or ""),
+            database=database,
+        )
+    raise SettingsError(f"{variable}={url!r} is not a supported warehouse URL. Valid examples: {WAREHOUSE_EXAMPLES}")
+
+
+def redacted_url(url: str) -> str:
+    """A URL with its password replaced by ***, for summaries and logs."""
+    parts = urlsplit(url)
+    userinfo, _, host = parts.netloc.rpartition("@")
+    if ":" not in userinfo:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{userinfo.partition(':')[0]}:***@{host}"))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the pipeline needs to know about where things live."""
+
+    home: Path
+    warehouse: WarehouseTarget
+    registry_uri: str = ""
+    s3_endpoint_url: str | None = None
+    repo_root: Path = REPO_ROOT
+    # The spec that the train, score and monitor DAGs serve: a name under ml/specs/ or a path.
+    model_spec: str = "churn"
+    # The Celery queue of the tasks that can use a GPU; executors without queues ignore it.
+    gpu_queue: str = "gpu"
+    # Who the registry history records for manual promotions and rollbacks.
+    actor: str = "cli"
+    # The name of the worker that runs a task (set per Celery worker); empty: the host name.
+    worker_name: str = ""
+    # Tests only: where the two public CSVs are; None: ../shared/data beside the repository.
+    public_data: Path | None = None
+    # Tests only: seconds that publishing scores waits inside its transaction, so a test can kill it there.
+    publish_pause_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.registry_uri:  # the embedded default: a directory under home
+            object.__setattr__(self, "registry_uri", (self.home / "registry").as_uri())
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        home_raw = env.get("TIDEMARK_HOME", "").strip()
+        home = Path(home_raw) if home_raw else REPO_ROOT / "var"
+        if not home.is_absolute():
+            home = REPO_ROOT / home
+        url = env.get("TIDEMARK_WAREHOUSE_URL", "").strip() or f"duckdb:///{home / 'warehouse.duckdb'}"
+        registry = env.get("TIDEMARK_REGISTRY_URI", "").strip() or (home / "registry").as_uri()
+        if not registry.startswith(("file:///", "s3://")):
+            raise SettingsError(
+                f"TIDEMARK_REGISTRY_URI={registry!r} is not supported. "
+                "Valid examples: file:///abs/path/registry, s3://bucket/prefix"
+            )
+        endpoint = env.get("TIDEMARK_S3_ENDPOINT_URL", "").strip() or None
+        public = env.get("TIDEMARK_PUBLIC_DATA", "").strip()
+        pause = env.get("TIDEMARK_TEST_PAUSE_IN_PUBLISH", "").strip() or "0"
+        try:
+            pause_s = float(pause)
+        except ValueError:
+            raise SettingsError(f"TIDEMARK_TEST_PAUSE_IN_PUBLISH={pause!r} is not a number of seconds") from None
+        return cls(
+            home=home, warehouse=parse_warehouse_url(url), registry_uri=registry, s3_endpoint_url=endpoint,
+            model_spec=env.get("TIDEMARK_MODEL_SPEC", "").strip() or "churn",
+            gpu_queue=env.get("TIDEMARK_GPU_QUEUE", "").strip() or "gpu",
+            actor=env.get("TIDEMARK_ACTOR", "").strip() or f"cli:{_user(env)}",
+            worker_name=env.get("TIDEMARK_WORKER_NAME", "").strip(),
+            public_data=Path(public) if public else None,
+            publish_pause_s=pause_s,
+        )
+
+    @property
+    def dbt_project_dir(self) -> Path:
+        return self.repo_root / "dbt_project"
+
+    @property
+    def dbt_manifest(self) -> Path:
+        return self.dbt_project_dir / "target" / "manifest.json"
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+    def dbt_env(self, *, secrets: bool = True) -> dict[str, str]:
+        """Environment variables that dbt's profiles.yml reads, derived from the one warehouse URL.
+
+        `secrets=False` leaves out the warehouse password, for places that store what they are given
+        (an operator's arguments end up in the serialized DAG).
+        """
+        wh = self.warehouse
+        env = {
+            "TIDEMARK_DBT_TARGET": wh.dbt_target,
+            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false",
+            "DO_NOT_TRACK": "1",
+            "DBT_PROFILES_DIR": str(self.dbt_project_dir),
+        }
+        if wh.kind == "duckdb":
+            env["TIDEMARK_DUCKDB_PATH"] = str(wh.path)
+        else:
+            env.update(
+                TIDEMARK_PG_HOST=wh.host,
+                TIDEMARK_PG_PORT=str(wh.port),
+                TIDEMARK_PG_USER=wh.user,
+                TIDEMARK_PG_DATABASE=wh.database,
+            )
+            if secrets:
+                env["TIDEMARK_PG_PASSWORD"] = wh.password
+        return env
+
+    def airflow_env(self) -> dict[str, str]:
+        """Environment for Airflow: state under TIDEMARK_HOME, the repo's dags/, no examples, no telemetry."""
+        airflow_home = self.airflow_home
+        return {
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.repo_root / "dags"),
+            # The DAGs import the `ml` package from the repository root.
+            "PYTHONPATH": str(self.repo_root),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+            "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+            "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False",
+            "AIRFLOW__COSMOS__CACHE_DIR": str(self.home / "cosmos_cache"),
+            "SCARF_ANALYTICS": "false",
+            "AIRFLOW__USAGE_DATA_COLLECTION__ENABLED": "False",
+            "TIDEMARK_HOME": str(self.home),
+            "TIDEMARK_WAREHOUSE_URL": self.warehouse.url,
+            "TIDEMARK_REGISTRY_URI": self.registry_uri,
+            "TIDEMARK_MODEL_SPEC": self.model_spec,
+            "TIDEMARK_GPU_QUEUE": self.gpu_queue,
+            **({"TIDEMARK_S3_ENDPOINT_URL": self.s3_endpoint_url} if self.s3_endpoint_url else {}),
+        }
+
+
+def _user(env: Mapping[str, str]) -> str:
+    """The login name, from the same variables `getpass.getuser` reads, else the password database."""
+    for key in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if env.get(key):
+            return env[key]
+    import getpass
+
+    return getpass.getuser()

@@ -1,0 +1,74 @@
+"""Run dbt against the configured warehouse, with the environment derived from one setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ml.core.settings import Settings
+
+
+@dataclass(frozen=True)
+class DbtResult:
+    success: bool
+    returncode: int
+    output: str
+    failures: list[str]
+
+
+def run_dbt(
+    args: Sequence[str],
+    *,
+    settings: Settings | None = None,
+    vars: dict | None = None,
+    capture: bool = False,
+) -> DbtResult:
+    """Run `dbt <args>` in dbt_project/ in a subprocess (so DuckDB's file lock is released on exit).
+
+    With `capture`, output is returned rather than streamed, and the names of failing nodes are
+    read from run_results.json.
+    """
+    settings = settings or Settings.from_env()
+    env = {**os.environ, **settings.dbt_env()}
+    cmd = [dbt_executable(), *args]
+    if vars:
+        cmd += ["--vars", json.dumps(vars)]
+    proc = subprocess.run(
+        cmd,
+        cwd=settings.dbt_project_dir,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.STDOUT if capture else None,
+    )
+    failures = _failed_nodes(_target_path(args, settings.dbt_project_dir) / "run_results.json") if proc.returncode else []
+    return DbtResult(proc.returncode == 0, proc.returncode, proc.stdout or "", failures)
+
+
+def dbt_executable() -> str:
+    """The dbt installed next to this Python (the project's virtualenv), else `dbt` on PATH."""
+    candidate = Path(sys.executable).with_name("dbt")
+    return str(candidate) if candidate.exists() else "dbt"
+
+
+def _target_path(args: Sequence[str], project_dir: Path) -> Path:
+    """Where this invocation writes its artifacts: `--target-path` when given, else dbt_project/target."""
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--target-path" and i + 1 < len(args):
+            return project_dir / args[i + 1]
+        if arg.startswith("--target-path="):
+            return project_dir / arg.split("=", 1)[1]
+    return project_dir / "target"
+
+
+def _failed_nodes(run_results: Path) -> list[str]:
+    if not run_results.exists():
+        return []
+    results = json.loads(run_results.read_text()).get("results", [])
+    return [r["unique_id"] for r in results if r.get("status") in ("error", "fail", "runtime error")]

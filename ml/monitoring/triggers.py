@@ -1,0 +1,101 @@
+"""Retraining triggers: dataset drift on k days in a row, or realized performance below the champion's.
+
+The weekly schedule is the third trigger and lives in the train_model DAG. A request is recorded in the
+warehouse table `ml.retrain_requests`; the cooldown reads that table, so one drift episode asks once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import date, datetime, timedelta, timezone
+
+import pyarrow as pa
+
+from ml.core.settings import Settings
+from ml.core.spec import ModelSpec
+from ml.core.warehouse import Warehouse
+from ml.monitoring.performance import drift_history, performance_history
+from ml.training.metrics import METRICS
+
+log = logging.getLogger(__name__)
+REQUESTS_TABLE = "ml.retrain_requests"
+# Realized performance is averaged over the latest matured dates: one day's labels are too few to judge.
+DECAY_WINDOW_DAYS = 7
+DECAY_MIN_DAYS = 3
+REQUESTS_SCHEMA = pa.schema([
+    ("request_id", pa.string()),
+    ("model_name", pa.string()),
+    ("requested_on", pa.date32()),
+    ("reason", pa.string()),
+    ("detail", pa.string()),
+    ("champion_version", pa.string()),
+    ("requested_at", pa.timestamp("us")),
+])
+
+
+def last_request(settings: Settings, model: str, before: date) -> dict | None:
+    """The latest request for `model` on or before `before`, if any."""
+    with Warehouse.connect(settings, read_only=True) as wh:
+        if not wh.table_exists(REQUESTS_TABLE):
+            return None
+        rows = wh.read_arrow(
+            f"select requested_on, reason from {REQUESTS_TABLE} where model_name = '{model}' "
+            f"and requested_on <= date '{before.isoformat()}' order by requested_on desc limit 1"
+        ).to_pylist()
+    return rows[0] if rows else None
+
+
+def check_triggers(spec: ModelSpec, settings: Settings, day: date, *, champion_version: str,
+                   champion_metric: float | None) -> dict | None:
+    """A retrain request for `day` ({"reason", "as_of", "detail"}), or None; honours the cooldown."""
+    policy = spec.monitoring
+    previous = last_request(settings, spec.name, day)
+    if previous is not None and (day - _as_date(previous["requested_on"])).days < policy.cooldown_days:
+        log.info("%s on %s: in the cooldown of the %s request of %s", spec.name, day, previous["reason"],
+                 previous["requested_on"])
+        return None
+    drift = drift_history(settings, spec.name, until=day, days=policy.consecutive_days)
+    streak = [r for r in drift if r["dataset_drift"]]
+    dates = {_as_date(r["as_of_date"]) for r in streak}
+    wanted = {day - timedelta(days=i) for i in range(policy.consecutive_days)}
+    if wanted <= dates:
+        shares = {str(_as_date(r["as_of_date"])): round(r["drift_share"], 3) for r in streak}
+        return _request(spec, settings, day, "drift", champion_version,
+                        {"consecutive_days": policy.consecutive_days, "drift_share": shares,
+                         "threshold": policy.drift_share})
+    metric = spec.primary_metric
+    if champion_metric is not None and metric in ("roc_auc", "pr_auc", "brier"):
+        labelled_through = day - timedelta(days=spec.label.horizon_days)
+        realized = [r for r in performance_history(settings, spec.name, until=labelled_through, days=DECAY_WINDOW_DAYS)
+                    if r.get(metric) is not None and r.get("model_version") == champion_version]
+        if len(realized) >= DECAY_MIN_DAYS:
+            value, limit = sum(r[metric] for r in realized) / len(realized), champion_metric
+            worse = value < limit - policy.decay_tolerance if METRICS[metric].higher_is_better \
+                else value > limit + policy.decay_tolerance
+            if worse:
+                return _request(spec, settings, day, "decay", champion_version,
+                                {"metric": metric, "realized_mean": round(value, 4), "champion_test": round(limit, 4),
+                                 "tolerance": policy.decay_tolerance, "label_dates": len(realized),
+                                 "labels_through": labelled_through.isoformat()})
+    return None
+
+
+def _request(spec: ModelSpec, settings: Settings, day: date, reason: str, champion: str, detail: dict) -> dict:
+    row = {"request_id": f"{spec.name}/{day.isoformat()}", "model_name": spec.name, "requested_on": day,
+           "reason": reason, "detail": json.dumps(detail, sort_keys=True), "champion_version": champion,
+           "requested_at": datetime.now(timezone.utc).replace(tzinfo=None)}
+    table = pa.Table.from_pylist([row], schema=REQUESTS_SCHEMA)
+    with Warehouse.connect(settings) as wh:
+        wh.replace_partitions("request_id", row["request_id"], {REQUESTS_TABLE: table})
+    log.warning("%s: retraining requested on %s because of %s: %s", spec.name, day, reason, detail)
+    return {"model": spec.name, "reason": reason, "as_of": day.isoformat(), "detail": detail,
+            "champion_version": champion}
+
+
+def _as_date(value) -> date:
+    if isinstance(value, datetime):
+        return value.date()
+    if isinstance(value, date):
+        return value
+    return date.fromisoformat(str(value)[:10])

@@ -1,0 +1,1 @@
+"""Airflow glue: the assets, run intervals, pools and the one-time Airflow setup."""

@@ -1,0 +1,88 @@
+"""The one champion resolver: which version the `champion` alias points at, as a verified local copy.
+
+A DAG run resolves the champion once, in its first task, and passes the version on, so every later
+task of the run (and every retry) works with that one version even if a promotion lands meanwhile.
+Local copies are cached per version under TIDEMARK_HOME/cache/models and checked against the
+registry's sha256 of every file each time they are used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ml.core.settings import Settings
+from ml.registry.registry import MANIFEST, Registry
+from ml.registry.stores import RegistryError
+
+log = logging.getLogger(__name__)
+
+
+class NoChampion(RegistryError):
+    """A model has no champion yet; the message says how to train one."""
+
+
+@dataclass(frozen=True)
+class Champion:
+    """One pinned version of a model: its registry manifest and a verified local copy of its files."""
+
+    model: str
+    version: str
+    directory: Path
+    manifest: dict
+
+
+def champion_version(settings: Settings, model: str) -> str:
+    """The version the `champion` alias of `model` points at now; NoChampion when there is none yet."""
+    registry = Registry.from_settings(settings)
+    version = registry.alias(model, "champion").version
+    if version is None:
+        raise NoChampion(
+            f"model {model!r} has no champion in the registry at {registry.uri}; train one first "
+            f"(`python -m ml train --spec {model}` or the train_model DAG)"
+        )
+    return version
+
+
+def resolve_champion(settings: Settings, model: str, version: str | None = None) -> Champion:
+    """`version` of `model` (default: the current champion) with its verified local copy."""
+    version = version or champion_version(settings, model)
+    registry = Registry.from_settings(settings)
+    directory = cached_version(registry, model, version, settings.home / "cache" / "models")
+    manifest = json.loads((directory / MANIFEST).read_text())
+    return Champion(model, version, directory, manifest)
+
+
+def cached_version(registry: Registry, model: str, version: str, root: Path) -> Path:
+    """A local copy of a version whose every file matches the registry's sha256; fetched when missing or altered."""
+    dest = root / model / version
+    if (dest / MANIFEST).is_file():
+        files = registry.get(model, version).manifest["files"]
+        if all(_matches(dest / name, meta) for name, meta in files.items()):
+            return dest
+        log.warning("cached copy of %s %s in %s no longer matches the registry; fetching it again", model, version, dest)
+        shutil.rmtree(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest.parent / f".{version}.{uuid.uuid4().hex}"
+    registry.download(model, version, staging)
+    try:
+        os.rename(staging, dest)  # atomic: a reader sees no folder or a complete one
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (dest / MANIFEST).is_file():
+            raise RegistryError(f"cannot cache {model} {version} at {dest}: the folder exists without a "
+                                f"{MANIFEST}; delete it and retry") from None
+    log.info("cached %s %s from %s in %s", model, version, registry.uri, dest)
+    return dest
+
+
+def _matches(path: Path, meta: dict) -> bool:
+    if not path.is_file() or path.stat().st_size != meta["size"]:
+        return False
+    return hashlib.sha256(path.read_bytes()).hexdigest() == meta["sha256"]

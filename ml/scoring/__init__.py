@@ -1,0 +1,1 @@
+"""Batch scoring: the champion scores feature partitions shard by shard, published once per partition."""

@@ -1,0 +1,285 @@
+"""Batch scoring: the champion scores the feature rows of some days, shard by shard, into ml.predictions.
+
+A shard streams its rows out of the warehouse as Arrow record batches (memory stays bounded by a few
+batches), scores each batch, and writes one Parquet file per day under the run's folder.
+`publish_predictions` then replaces each day's (model_name, as_of_date) partition with the rows of
+every shard's file, all days in one transaction, so a retry, a rerun or an overlapping backfill never
+duplicates or drops a row.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ml.core.errors import TidemarkError
+from ml.core.settings import Settings
+from ml.core.spec import FeatureSchema, ModelSpec, Relation, dbt_relation
+from ml.core.warehouse import Warehouse
+from ml.registry.champion import champion_version, resolve_champion
+from ml.training.candidates import LightGBMCandidate, load_candidate
+from ml.training.data import to_frame
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS_TABLE = "ml.predictions"
+PREDICTIONS_SCHEMA = pa.schema([
+    ("entity_id", pa.string()),
+    ("as_of_date", pa.date32()),
+    ("model_name", pa.string()),
+    ("model_version", pa.string()),
+    ("score", pa.float64()),
+    ("predicted_label", pa.int32()),
+    ("threshold", pa.float64()),
+    ("scored_at", pa.timestamp("us")),
+])
+# Columns with one value per batch: dictionary-encoded in the shard files. Trying a dictionary on the
+# others (one id and one score per row) would only cost time.
+_REPEATED = ["as_of_date", "model_name", "model_version", "threshold", "scored_at"]
+
+
+class ScoringError(TidemarkError, RuntimeError):
+    """Scoring cannot go on: no champion, no feature rows, or shard results that do not fit together."""
+
+
+# -- the champion ---------------------------------------------------------------------------------
+def load_champion(spec: ModelSpec, settings: Settings, version: str | None = None) -> tuple[Any, dict, str]:
+    """The champion (or the pinned `version`) as (model, registry manifest, version), verified and cached."""
+    champion = resolve_champion(settings, spec.name, version)
+    if not isinstance(champion.manifest.get("threshold"), (int, float)):
+        raise ScoringError(f"{spec.name} {champion.version}: the registry manifest has no decision threshold; "
+                           "retrain it")
+    return load_candidate(champion.directory), champion.manifest, champion.version
+
+
+# -- one shard ------------------------------------------------------------------------------------
+def score_shard(
+    spec: ModelSpec,
+    settings: Settings,
+    days: Sequence[date],
+    shard: int,
+    shards: int,
+    run_id: str,
+    scored_at: datetime | str,
+    *,
+    version: str | None = None,
+) -> dict:
+    """Score the rows of entity-hash shard `shard` of `shards` for each day into one Parquet file per day.
+
+    Returns the model, version and run, and per day the file and its row count. Rerunning it
+    rewrites the same files.
+    """
+    if not 0 <= shard < shards:
+        raise ScoringError(f"shard {shard} is not in [0, {shards})")
+    if not days:
+        raise ScoringError("no days to score")
+    model, manifest, version = load_champion(spec, settings, version)
+    relation = dbt_relation(settings.dbt_manifest, spec.features.relation)
+    schema: FeatureSchema = model.features
+    missing = [c for c in [spec.entity_key, *schema.columns] if c not in relation.columns]
+    if missing:
+        raise ScoringError(f"{spec.name} {version} needs columns {missing}, which {relation.name!r} no longer has; "
+                           "retrain the model on the current feature contract")
+    constants = {"model_name": spec.name, "model_version": version, "threshold": float(manifest["threshold"]),
+                 "scored_at": _utc_naive(scored_at)}
+    folder = run_folder(settings, run_id)
+    files = {}
+    with Warehouse.connect(settings, read_only=True) as wh:
+        for day in days:
+            sql = _shard_sql(wh, spec, relation, schema, day, shard, shards)
+            path = folder / day.isoformat() / f"shard-{shard}.parquet"
+            started = time.perf_counter()
+            rows = _write_scores(wh.stream_arrow(sql, spec.scoring.batch_rows), path, model, spec, day, constants)
+            seconds = time.perf_counter() - started
+            log.info("scored %s shard %d/%d: %d rows in %.2f s (%.0f rows/s)", day, shard, shards, rows, seconds,
+                     rows / seconds if seconds else 0.0)
+            files[day.isoformat()] = {"path": str(path), "rows": rows}
+    return {"model": spec.name, "version": version, "run_id": run_id, "shard": shard, "shards": shards,
+            "scored_at": constants["scored_at"].isoformat(), "days": files}
+
+
+def run_folder(settings: Settings, run_id: str) -> Path:
+    """TIDEMARK_HOME/runs/score/<run_id>: where a run's shard files live."""
+    return settings.home / "runs" / "score" / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
+def _shard_sql(wh: Warehouse, spec: ModelSpec, relation: Relation, schema: FeatureSchema, day: date,
+               shard: int, shards: int) -> str:
+    keys = [spec.entity_key] + ([spec.time_column] if spec.time_column else [])
+    cols = ", ".join(dict.fromkeys([*keys, *schema.columns]))
+    where = [f"{spec.time_column} = date '{day.isoformat()}'"] if spec.time_column else []
+    if shards > 1:
+        integer = "int" in relation.columns[spec.entity_key]
+        where.append(f"{wh.bucket_sql(spec.entity_key, shards, integer=integer)} = {shard}")
+    return f"select {cols} from {relation.qualified}" + (" where " + " and ".join(where) if where else "")
+
+
+def _write_scores(batches, path: Path, model, spec: ModelSpec, day: date, constants: Mapping[str, Any]) -> int:
+    """Score every batch into a Parquet file written next to `path` and renamed onto it when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    rows = 0
+    try:
+        with pq.ParquetWriter(tmp, PREDICTIONS_SCHEMA, compression="lz4", use_dictionary=_REPEATED) as writer:
+            for batch in batches:
+                if batch.num_rows:
+                    writer.write_batch(_prediction_batch(batch, model, spec, day, constants))
+                    rows += batch.num_rows
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return rows
+
+
+def _prediction_batch(batch: pa.RecordBatch, model, spec: ModelSpec, day: date,
+                      constants: Mapping[str, Any]) -> pa.RecordBatch:
+    scores = predict(model, batch)
+    n = batch.num_rows
+    if spec.time_column:
+        as_of = pc.cast(batch.column(spec.time_column), pa.date32())
+    else:
+        as_of = pa.repeat(pa.scalar(day, pa.date32()), n)
+    columns = {
+        "entity_id": pc.cast(batch.column(spec.entity_key), pa.string()),
+        "as_of_date": as_of,
+        "model_name": pa.repeat(pa.scalar(constants["model_name"], pa.string()), n),
+        "model_version": pa.repeat(pa.scalar(constants["model_version"], pa.string()), n),
+        "score": pa.array(scores, pa.float64()),
+        "predicted_label": pa.array((scores >= constants["threshold"]).astype(np.int32)),
+        "threshold": pa.repeat(pa.scalar(constants["threshold"], pa.float64()), n),
+        "scored_at": pa.repeat(pa.scalar(constants["scored_at"], pa.timestamp("us")), n),
+    }
+    return pa.record_batch(list(columns.values()), schema=PREDICTIONS_SCHEMA)
+
+
+def predict(model, batch: pa.RecordBatch) -> np.ndarray:
+    """P(label = 1) for each row of an Arrow batch holding the model's feature columns.
+
+    A LightGBM candidate gets its input matrix straight from Arrow, with the same numeric casts and
+    category codes as its `predict_proba`; other kinds go through the DataFrame that `predict_proba` takes.
+    """
+    if isinstance(model, LightGBMCandidate):
+        matrix = _lightgbm_matrix(batch, model.features, model.vocabularies_)
+        return model.booster_.predict(matrix, num_iteration=model.best_iteration_)
+    return model.predict_proba(to_frame(batch, model.features))[:, 1]
+
+
+def _lightgbm_matrix(batch: pa.RecordBatch, schema: FeatureSchema, vocabularies: Mapping[str, list[str]]) -> np.ndarray:
+    """Numerics as float64 (NaN when missing), then categoricals as codes 1..K of their sorted vocabulary
+    (0 when missing or unseen), column-major so that each column is one contiguous copy."""
+    out = np.empty((len(schema.columns), batch.num_rows), dtype=np.float64)
+    for j, col in enumerate(schema.numeric):
+        out[j] = pc.cast(batch.column(col), pa.float64()).to_numpy(zero_copy_only=False)
+    for j, col in enumerate(schema.categorical, start=len(schema.numeric)):
+        codes = pc.index_in(pc.cast(batch.column(col), pa.string()), value_set=pa.array(vocabularies[col], pa.string()))
+        out[j] = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False)
+        out[j] += 1
+    return out.T
+
+
+def _utc_naive(moment: datetime | str) -> datetime:
+    value = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return value.astimezone(timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+
+
+# -- publishing -----------------------------------------------------------------------------------
+def publish_predictions(spec: ModelSpec, settings: Settings, shard_results: Sequence[Mapping[str, Any]]) -> dict:
+    """Replace each scored day's partition of ml.predictions with every shard's rows, in one transaction.
+
+    Returns the model, version, interval and rows per day.
+    """
+    days = _check_shards(spec, shard_results)
+    parts, rows = [], {}
+    for day in days:
+        files = [Path(r["days"][day]["path"]) for r in shard_results]
+        lost = [str(f) for f in files if not f.is_file()]
+        if lost:
+            raise ScoringError(f"shard files {lost} are gone; score_shard and publish must share TIDEMARK_HOME "
+                               "(rerun the run's shard tasks)")
+        rows[day] = sum(r["days"][day]["rows"] for r in shard_results)
+        parts.append(({"model_name": spec.name, "as_of_date": date.fromisoformat(day)}, files))
+    empty = [day for day, n in rows.items() if n == 0]
+    if empty:
+        raise ScoringError(f"no feature rows to score on {empty} in {spec.features.relation!r}; build the features "
+                           "for those dates first (the build_features DAG or `python -m ml dbt build`)")
+    started = time.perf_counter()
+    with Warehouse.connect(settings) as wh:
+        written = wh.replace_rows(PREDICTIONS_TABLE, PREDICTIONS_SCHEMA, parts, before_commit=_pause_for_tests(settings.publish_pause_s))
+    seconds = time.perf_counter() - started
+    log.info("published %d predictions of %s %s for %d day(s) in %.2f s", written, spec.name,
+             shard_results[0]["version"], len(days), seconds)
+    return {"model": spec.name, "version": shard_results[0]["version"], "start": days[0], "end": days[-1],
+            "rows": rows, "seconds": round(seconds, 3)}
+
+
+def _check_shards(spec: ModelSpec, results: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The days of a complete, consistent set of shard results, in order."""
+    if not results:
+        raise ScoringError("no shard results to publish")
+    first = results[0]
+    for r in results:
+        for key in ("model", "version", "run_id", "shards", "scored_at"):
+            if r[key] != first[key]:
+                raise ScoringError(f"shard results disagree on {key}: {r[key]!r} vs {first[key]!r}")
+        if sorted(r["days"]) != sorted(first["days"]):
+            raise ScoringError(f"shard {r['shard']} scored days {sorted(r['days'])}, shard {first['shard']} "
+                               f"{sorted(first['days'])}")
+    if first["model"] != spec.name:
+        raise ScoringError(f"shard results are for model {first['model']!r}, not {spec.name!r}")
+    got = sorted(r["shard"] for r in results)
+    if got != list(range(first["shards"])):
+        raise ScoringError(f"publishing needs each of shards 0..{first['shards'] - 1} exactly once, got {got}")
+    return sorted(first["days"])
+
+
+def _pause_for_tests(seconds: float) -> Callable[[], None] | None:
+    """Test hook (TIDEMARK_TEST_PAUSE_IN_PUBLISH): wait inside the transaction, so a test can kill it there."""
+    if seconds <= 0:
+        return None
+
+    def pause() -> None:
+        log.warning("TIDEMARK_TEST_PAUSE_IN_PUBLISH: pausing %.0f s inside the publish transaction", seconds)
+        time.sleep(seconds)
+
+    return pause
+
+
+# -- in one process -------------------------------------------------------------------------------
+def score_days(
+    spec: ModelSpec,
+    settings: Settings,
+    days: Sequence[date],
+    run_id: str,
+    *,
+    scored_at: datetime | None = None,
+    shards: int | None = None,
+    version: str | None = None,
+) -> dict:
+    """Score and publish `days` with every shard in this process: what the command line and demo run."""
+    version = version or champion_version(settings, spec.name)
+    scored_at = scored_at or datetime.now(timezone.utc)
+    shards = shards or spec.scoring.shards
+    results = [score_shard(spec, settings, days, s, shards, run_id, scored_at, version=version) for s in range(shards)]
+    return publish_predictions(spec, settings, results)
+
+
+def build_scores_mart(settings: Settings) -> None:
+    """`dbt build --select tag:scores`: the marts read from ml.predictions, with their tests."""
+    from ml.features.dbt import run_dbt
+
+    result = run_dbt(["build", "--select", "tag:scores"], settings=settings, capture=True)
+    if not result.success:
+        raise ScoringError(f"dbt build --select tag:scores failed (failing nodes: {result.failures or 'see output'}):\n"
+                           + result.output[-3000:])

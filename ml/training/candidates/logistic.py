@@ -1,0 +1,123 @@
+"""A logistic-regression baseline stored as plain arrays."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.core.spec import FeatureSchema
+from ml.training.candidates.base import (
+    MODEL_JSON,
+    _Candidate,
+    _category_strings,
+    _check_frame,
+    _check_target,
+    _normalised,
+    _numeric_matrix,
+    _read_model_json,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LogisticCandidate(_Candidate):
+    """Imputed, standardised numerics and one-hot categoricals into a logistic regression.
+
+    The fitted pipeline is reduced to plain arrays (imputer statistics, scaler, categories, coefficients),
+    which are what `predict_proba` uses and what `save` writes as JSON.
+    """
+
+    kind = "logistic"
+    defaults = {"C": 1.0, "max_iter": 1000, "class_weight": None, "missing_indicator": True, "tol": 1e-4}
+
+    def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
+        X = _check_frame(X, self.features)
+        numeric = pd.DataFrame(_numeric_matrix(X, self.features), columns=list(self.features.numeric), index=X.index)
+        cats = {c: _category_strings(X, c).astype(object).where(lambda s: s.notna(), np.nan) for c in self.features.categorical}
+        return pd.concat([numeric, pd.DataFrame(cats, index=X.index)], axis=1)
+
+    def fit(self, X: pd.DataFrame, y: Any, X_val: pd.DataFrame | None = None, y_val: Any = None) -> "LogisticCandidate":
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import Pipeline, make_pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        params = self._resolved_params()
+        frame = self._frame(X)
+        steps = {
+            "num": make_pipeline(SimpleImputer(strategy="median", add_indicator=bool(params["missing_indicator"]),
+                                               keep_empty_features=True), StandardScaler()),
+            "cat": make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
+                                 OneHotEncoder(handle_unknown="ignore")),
+        }
+        groups = {"num": list(self.features.numeric), "cat": list(self.features.categorical)}
+        prep = ColumnTransformer([(name, steps[name], cols) for name, cols in groups.items() if cols])
+        clf = LogisticRegression(C=params["C"], max_iter=params["max_iter"], class_weight=params["class_weight"],
+                                 tol=params["tol"], random_state=self.seed)
+        start = time.perf_counter()
+        self.pipeline_ = Pipeline([("prep", prep), ("clf", clf)]).fit(frame, _check_target(y, len(frame)))
+        self.fit_seconds_ = time.perf_counter() - start
+        self.params_, self.linear_ = params, self._extract(self.pipeline_)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _extract(self, pipeline) -> dict[str, Any]:
+        prep, clf = pipeline.named_steps["prep"], pipeline.named_steps["clf"]
+        out = {"medians": [], "indicator_columns": [], "scale_mean": [], "scale": [], "categories": [],
+               "coef": clf.coef_[0].tolist(), "intercept": float(clf.intercept_[0])}
+        if self.features.numeric:
+            imputer, scaler = (step for _, step in prep.named_transformers_["num"].steps)
+            out.update(medians=imputer.statistics_.tolist(), scale_mean=scaler.mean_.tolist(), scale=scaler.scale_.tolist(),
+                       indicator_columns=imputer.indicator_.features_.tolist() if imputer.add_indicator else [])
+        if self.features.categorical:
+            onehot = prep.named_transformers_["cat"].steps[1][1]
+            out["categories"] = [[str(v) for v in cats] for cats in onehot.categories_]
+        return out
+
+    def _design(self, X: pd.DataFrame) -> np.ndarray:
+        """The expanded design matrix the regression sees, rebuilt from the plain parameters."""
+        lin, frame = self.linear_, self._frame(X)
+        raw = frame[list(self.features.numeric)].to_numpy(dtype=np.float64)
+        missing = np.isnan(raw)
+        numeric = np.where(missing, np.asarray(lin["medians"]), raw)
+        numeric = np.hstack([numeric, missing[:, lin["indicator_columns"]].astype(np.float64)])
+        blocks = [(numeric - np.asarray(lin["scale_mean"])) / np.asarray(lin["scale"])]
+        for col, cats in zip(self.features.categorical, lin["categories"]):
+            values = frame[col].fillna("missing").to_numpy(dtype=object)
+            blocks.append((values[:, None] == np.asarray(cats, dtype=object)[None, :]).astype(np.float64))
+        return np.hstack(blocks)
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        from scipy.special import expit
+
+        p = expit(self._design(X) @ np.asarray(self.linear_["coef"]) + self.linear_["intercept"])
+        return np.column_stack([1.0 - p, p])
+
+    def feature_importances(self) -> dict[str, float]:
+        lin, coef = self.linear_, np.abs(np.asarray(self.linear_["coef"]))
+        sources = [*self.features.numeric, *(self.features.numeric[i] for i in lin["indicator_columns"])]
+        sources += [col for col, cats in zip(self.features.categorical, lin["categories"]) for _ in cats]
+        scores = dict.fromkeys(self.features.columns, 0.0)
+        for col, c in zip(sources, coef):
+            scores[col] += float(c)
+        return _normalised(scores)
+
+    def save(self, directory: Path) -> list[str]:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._write_meta(directory, self._meta(params=self.params_, linear=self.linear_))
+        return [MODEL_JSON]
+
+    @classmethod
+    def load(cls, directory: Path) -> "LogisticCandidate":
+        meta = _read_model_json(directory, cls.kind, ("linear",))
+        model = cls(FeatureSchema.from_dict(meta["features"]), params=meta["params"], seed=meta["seed"])
+        model.params_, model.linear_ = meta["params"], meta["linear"]
+        model.classes_ = np.array([0, 1])
+        return model

@@ -1,0 +1,223 @@
+"""A PyTorch tabular MLP: embeddings for categoricals, standardised numerics with missing indicators."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml.core.spec import FeatureSchema
+from ml.training.candidates.base import (
+    MODEL_JSON,
+    ModelError,
+    _Candidate,
+    _category_codes,
+    _check_frame,
+    _check_target,
+    _learn_vocabularies,
+    _numeric_matrix,
+    _read_model_json,
+    _required_file,
+)
+
+log = logging.getLogger(__name__)
+
+
+@cache
+def _tabular_net() -> type:
+    """The torch module class, defined on first use so importing this module does not import torch."""
+    import torch
+    from torch import nn
+
+    class TabularNet(nn.Module):
+        """Embeddings per categorical, concatenated with numerics, into an MLP giving one logit."""
+
+        def __init__(self, n_inputs: int, cardinalities: list[int], embedding_dims: list[int],
+                     hidden: list[int], dropout: float):
+            super().__init__()
+            self.embeddings = nn.ModuleList(nn.Embedding(c, d) for c, d in zip(cardinalities, embedding_dims))
+            width, layers = n_inputs + sum(embedding_dims), []
+            for size in hidden:
+                layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(dropout)]
+                width = size
+            self.mlp = nn.Sequential(*layers, nn.Linear(width, 1))
+
+        def forward(self, numeric: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+            parts = [numeric, *(emb(codes[:, j]) for j, emb in enumerate(self.embeddings))]
+            return self.mlp(torch.cat(parts, dim=1)).squeeze(1)
+
+    return TabularNet
+
+
+class TorchTabularCandidate(_Candidate):
+    """An MLP over standardised numerics, missing indicators and categorical embeddings."""
+
+    kind = "torch_mlp"
+    defaults = {"hidden_sizes": [128, 64], "dropout": 0.1, "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 1024,
+                "max_epochs": 30, "patience": 4, "embedding_dim": None, "device": "auto", "num_threads": 2}
+
+    def _tensors(self, X: pd.DataFrame, y: np.ndarray | None = None) -> tuple:
+        """Standardised numerics (0 where missing) with missing indicators, category codes, and labels if given."""
+        import torch
+
+        X = _check_frame(X, self.features)
+        raw = _numeric_matrix(X, self.features)
+        numeric = np.hstack([np.where(np.isnan(raw), 0.0, (raw - self.means_) / self.stds_), np.isnan(raw)])
+        out = [numeric.astype(np.float32), _category_codes(X, self.vocabularies_, self.features)]
+        out += [] if y is None else [y.astype(np.float32)]
+        return tuple(torch.from_numpy(a).to(self.device_) for a in out)
+
+    def _architecture(self, params: dict[str, Any]) -> dict[str, Any]:
+        cards = [len(self.vocabularies_[c]) + 1 for c in self.features.categorical]
+        dim = params["embedding_dim"]
+        return {"n_inputs": 2 * len(self.features.numeric), "cardinalities": cards,
+                "embedding_dims": [int(dim) if dim else min(16, (c + 1) // 2 + 1) for c in cards],
+                "hidden": [int(h) for h in params["hidden_sizes"]], "dropout": float(params["dropout"])}
+
+    @staticmethod
+    def _device(requested: str) -> str:
+        import torch
+
+        if requested not in ("auto", "cpu", "cuda"):
+            raise ModelError(f"device must be 'auto', 'cpu' or 'cuda', got {requested!r}")
+        if requested == "cuda" and not torch.cuda.is_available():
+            raise ModelError("device 'cuda' was asked for but torch sees no CUDA GPU; use device 'auto' or 'cpu'")
+        if requested == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return requested
+
+    def _autocast(self):
+        import torch
+
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device_ == "cuda")
+
+    def fit(self, X: pd.DataFrame, y: Any, X_val: pd.DataFrame | None = None, y_val: Any = None) -> "TorchTabularCandidate":
+        import torch
+
+        params = self._resolved_params()
+        self.device_ = self._device(params["device"])
+        X = _check_frame(X, self.features)
+        raw = _numeric_matrix(X, self.features)
+        with np.errstate(all="ignore"):
+            means, stds = np.nanmean(raw, axis=0), np.nanstd(raw, axis=0)
+        self.means_ = np.nan_to_num(means, nan=0.0)
+        self.stds_ = np.where(np.isfinite(stds) & (stds > 0), stds, 1.0)
+        self.vocabularies_ = _learn_vocabularies(X, self.features)
+        self.architecture_, self.params_ = self._architecture(params), params
+        train = self._tensors(X, _check_target(y, len(X)))
+        valid = self._tensors(X_val, _check_target(y_val, len(X_val))) if X_val is not None and y_val is not None else None
+        threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+        devices = [torch.cuda.current_device()] if self.device_ == "cuda" else []
+        if devices:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS is deterministic only with this
+        torch.set_num_threads(int(params["num_threads"]))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(self.seed)
+                self._train(train, valid, params)
+        finally:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _train(self, train: tuple, valid: tuple | None, params: dict[str, Any]) -> None:
+        import torch
+
+        self.module_ = _tabular_net()(**self.architecture_).to(self.device_)
+        optimizer = torch.optim.AdamW(self.module_.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+        loss_fn, generator = torch.nn.BCEWithLogitsLoss(), torch.Generator().manual_seed(self.seed)
+        n, batch = len(train[2]), int(params["batch_size"])
+        best_loss, best_state, stale, start = float("inf"), None, 0, time.perf_counter()
+        self.history_ = []
+        for epoch in range(1, int(params["max_epochs"]) + 1):
+            self.module_.train()
+            order = torch.randperm(n, generator=generator).to(self.device_)
+            total = torch.zeros((), device=self.device_)
+            for i in range(0, n, batch):
+                idx = order[i:i + batch]
+                with self._autocast():
+                    loss = loss_fn(self.module_(train[0][idx], train[1][idx]).float(), train[2][idx])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach() * len(idx)
+            val_loss = float(loss_fn(self._logits(*valid[:2]), valid[2])) if valid is not None else float("nan")
+            log.info("torch_mlp epoch %d/%d: train log loss %.4f, validation log loss %.4f (%.1fs)",
+                     epoch, params["max_epochs"], float(total) / n, val_loss, time.perf_counter() - start)
+            self.epochs_ = epoch
+            self.history_.append({"epoch": epoch, "train_log_loss": float(total) / n, "validation_log_loss": val_loss})
+            if valid is None:
+                continue
+            if val_loss < best_loss:
+                best_loss, stale, self.best_epoch_ = val_loss, 0, epoch
+                best_state = {k: v.detach().clone() for k, v in self.module_.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= int(params["patience"]):
+                    break
+        if best_state is not None:
+            self.module_.load_state_dict(best_state)
+        else:
+            self.best_epoch_ = self.epochs_
+        self.fit_seconds_ = time.perf_counter() - start
+
+    def _logits(self, numeric, codes):
+        """Logits in float32, in inference mode and in chunks."""
+        import torch
+
+        self.module_.eval()
+        with torch.no_grad(), self._autocast():
+            return torch.cat([self.module_(numeric[i:i + 65536], codes[i:i + 65536]).float()
+                              for i in range(0, len(numeric), 65536)])
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        import torch
+
+        if len(X) == 0:
+            _check_frame(X, self.features)
+            return np.empty((0, 2))
+        p = torch.sigmoid(self._logits(*self._tensors(X))).double().cpu().numpy()
+        return np.column_stack([1.0 - p, p])
+
+    def save(self, directory: Path) -> list[str]:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.module_.state_dict().items()}
+        save_file(state, str(directory / "weights.safetensors"))
+        self._write_meta(directory, self._meta(
+            params=self.params_, architecture=self.architecture_, vocabularies=self.vocabularies_,
+            means=self.means_.tolist(), stds=self.stds_.tolist(), epochs=self.epochs_, best_epoch=self.best_epoch_,
+            history=self.history_))
+        return ["weights.safetensors", MODEL_JSON]
+
+    @classmethod
+    def load(cls, directory: Path, device: str | None = None) -> "TorchTabularCandidate":
+        """Rebuild from model.json and the safetensors weights; a model trained for 'cuda' falls back to 'auto'."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        meta = _read_model_json(directory, cls.kind, ("architecture", "vocabularies", "means", "stds", "epochs", "best_epoch"))
+        model = cls(FeatureSchema.from_dict(meta["features"]), params=meta["params"], seed=meta["seed"])
+        model.device_ = cls._device(device or {"cuda": "auto"}.get(meta["params"]["device"], meta["params"]["device"]))
+        model.params_, model.architecture_, model.vocabularies_ = meta["params"], meta["architecture"], meta["vocabularies"]
+        model.means_, model.stds_ = np.array(meta["means"], dtype=np.float64), np.array(meta["stds"], dtype=np.float64)
+        model.epochs_, model.best_epoch_, model.history_ = meta["epochs"], meta["best_epoch"], meta.get("history", [])
+        module = _tabular_net()(**model.architecture_)
+        try:
+            module.load_state_dict(load_file(str(_required_file(directory, "weights.safetensors")), device="cpu"))
+        except (SafetensorError, RuntimeError) as exc:
+            raise ModelError(f"{directory}/weights.safetensors does not fit the saved architecture: {exc}") from None
+        model.module_ = module.to(model.device_)
+        model.classes_ = np.array([0, 1])
+        return model

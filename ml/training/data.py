@@ -1,0 +1,186 @@
+"""The training set: read from the warehouse as Arrow, split out of time, kept as Parquet between tasks."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ml.core.errors import TidemarkError
+from ml.core.settings import Settings
+from ml.core.spec import (
+    FeatureSchema,
+    ModelSpec,
+    Relation,
+    SpecError,
+    dbt_relation,
+    feature_schema,
+)
+from ml.core.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "validation", "test")
+LABEL = "__label__"
+
+
+class DataError(TidemarkError, RuntimeError):
+    """The warehouse does not hold enough labelled rows for the spec's split; the message says what is missing."""
+
+
+@dataclass(frozen=True)
+class Extract:
+    """Where a split training set was written, with its windows and a fingerprint of the rows."""
+
+    directory: Path
+    schema: FeatureSchema
+    windows: dict[str, dict]
+    fingerprint: str
+    as_of: str | None
+
+    def to_dict(self) -> dict:
+        return {
+            "directory": str(self.directory), "schema": self.schema.to_dict(), "windows": self.windows,
+            "fingerprint": self.fingerprint, "as_of": self.as_of,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Extract":
+        return cls(Path(data["directory"]), FeatureSchema.from_dict(data["schema"]), data["windows"],
+                   data["fingerprint"], data["as_of"])
+
+
+def relations(spec: ModelSpec, settings: Settings) -> tuple[Relation, Relation, FeatureSchema]:
+    features = dbt_relation(settings.dbt_manifest, spec.features.relation)
+    labels = dbt_relation(settings.dbt_manifest, spec.label_relation)
+    if spec.label.column not in labels.columns:
+        raise SpecError(f"label.column {spec.label.column!r} is not a column of {labels.name!r}")
+    return features, labels, feature_schema(spec, features)
+
+
+def training_sql(spec: ModelSpec, features: Relation, labels: Relation, schema: FeatureSchema, as_of: date | None) -> str:
+    """One query for every labelled row known at `as_of`: label time plus horizon on or before it."""
+    keys = [spec.entity_key] + ([spec.time_column] if spec.time_column else [])
+    extra = [c for c in spec.segments if c not in schema.columns]
+    cols = ", ".join(f"f.{c}" for c in [*keys, *schema.columns, *extra])
+    joined = labels.name != features.name
+    lab = "l" if joined else "f"
+    sql = f"select {cols}, {lab}.{spec.label.column} as {LABEL} from {features.qualified} f"
+    if joined:
+        sql += f" join {labels.qualified} l on " + " and ".join(f"l.{k} = f.{k}" for k in keys)
+    sql += f" where {lab}.{spec.label.column} is not null"
+    if as_of is not None and spec.time_column:
+        cutoff = as_of - timedelta(days=spec.label.horizon_days)
+        sql += f" and f.{spec.time_column} <= date '{cutoff.isoformat()}'"
+    return sql + " order by " + ", ".join(f"f.{k}" for k in keys)
+
+
+def extract(spec: ModelSpec, settings: Settings, directory: Path, *, as_of: date | None = None) -> Extract:
+    """Read the labelled rows as Arrow, split them, and write one Parquet file per split."""
+    features, labels, schema = relations(spec, settings)
+    sql = training_sql(spec, features, labels, schema, as_of)
+    with Warehouse.connect(settings, read_only=True) as wh:
+        table = wh.read_arrow(sql)
+    if table.num_rows == 0:
+        raise DataError(
+            f"no labelled rows for spec {spec.name!r} in {features.name!r}"
+            + (f" with labels known by {as_of}" if as_of else "") + "; build the features and labels first"
+        )
+    parts = split(spec, table)
+    directory.mkdir(parents=True, exist_ok=True)
+    windows = {}
+    for name, part in parts.items():
+        pq.write_table(part, directory / f"{name}.parquet")
+        windows[name] = _window(spec, part)
+    log.info("extracted %s rows for %s: %s", table.num_rows, spec.name, windows)
+    return Extract(directory, schema, windows, _fingerprint(table), as_of.isoformat() if as_of else None)
+
+
+def split(spec: ModelSpec, table: pa.Table) -> dict[str, pa.Table]:
+    """Train, validation and test: by time with gaps of at least the label horizon, or stratified at random."""
+    if spec.split.strategy == "random":
+        return _random_split(spec, table)
+    s = spec.split
+    times = pc.cast(table[spec.time_column], pa.date32())
+    table = table.set_column(table.schema.get_field_index(spec.time_column), spec.time_column, times)
+    last = pc.max(times).as_py()
+    test_start = last - timedelta(days=s.test_days - 1)
+    val_end = test_start - timedelta(days=spec.gap_days + 1)
+    val_start = val_end - timedelta(days=s.validation_days - 1)
+    train_end = val_start - timedelta(days=spec.gap_days + 1)
+    first = pc.min(times).as_py()
+    if train_end < first:
+        need = s.test_days + s.validation_days + 2 * spec.gap_days + 1
+        have = (last - first).days + 1
+        raise DataError(
+            f"spec {spec.name!r} needs at least {need} days of labelled history (test {s.test_days}, validation "
+            f"{s.validation_days}, two gaps of {spec.gap_days}) but the warehouse has {have} ({first} to {last})"
+        )
+    train_start = max(first, train_end - timedelta(days=s.train_days - 1)) if s.train_days else first
+    days_before_end = pc.days_between(times, pa.scalar(train_end, pa.date32()))
+    in_train = pc.and_(pc.and_(pc.greater_equal(times, train_start), pc.less_equal(times, train_end)),
+                       pc.equal(pc.remainder(days_before_end, s.sample_every_days), 0))
+    return {
+        "train": table.filter(in_train),
+        "validation": table.filter(pc.and_(pc.greater_equal(times, val_start), pc.less_equal(times, val_end))),
+        "test": table.filter(pc.greater_equal(times, test_start)),
+    }
+
+
+def _random_split(spec: ModelSpec, table: pa.Table) -> dict[str, pa.Table]:
+    from sklearn.model_selection import train_test_split
+
+    y = table[LABEL].to_numpy(zero_copy_only=False)
+    idx = np.arange(table.num_rows)
+    rest, test = train_test_split(idx, test_size=spec.split.test_fraction, stratify=y, random_state=spec.seed)
+    val_share = spec.split.validation_fraction / (1 - spec.split.test_fraction)
+    train, val = train_test_split(rest, test_size=val_share, stratify=y[rest], random_state=spec.seed)
+    return {name: table.take(np.sort(rows)) for name, rows in (("train", train), ("validation", val), ("test", test))}
+
+
+def _window(spec: ModelSpec, part: pa.Table) -> dict:
+    y = part[LABEL].to_numpy(zero_copy_only=False)
+    window = {"rows": part.num_rows, "positives": int(np.nansum(y))}
+    if spec.time_column and spec.split.strategy == "time" and part.num_rows:
+        window["start"] = pc.min(part[spec.time_column]).as_py().isoformat()
+        window["end"] = pc.max(part[spec.time_column]).as_py().isoformat()
+    if part.num_rows == 0 or window["positives"] in (0, part.num_rows):
+        raise DataError(f"a split of spec {spec.name!r} has {part.num_rows} rows and {window['positives']} positives; "
+                        "it needs both classes")
+    return window
+
+
+def _fingerprint(table: pa.Table) -> str:
+    digest = hashlib.sha256(table.schema.to_string().encode())
+    for batch in table.combine_chunks().to_batches(max_chunksize=65_536):
+        digest.update(batch.serialize().to_pybytes())
+    return digest.hexdigest()
+
+
+def load_split(extract_: Extract, name: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """One split as a model-ready frame (numerics float, categoricals str) and its 0/1 labels."""
+    table = pq.read_table(extract_.directory / f"{name}.parquet")
+    return to_frame(table, extract_.schema), table[LABEL].to_numpy(zero_copy_only=False).astype(np.int8)
+
+
+def to_frame(table: pa.Table, schema: FeatureSchema, *, keep: tuple[str, ...] = ()) -> pd.DataFrame:
+    """Arrow to the frame models expect; `keep` carries extra columns (keys, segments) through unchanged."""
+    missing = [c for c in schema.columns if c not in table.column_names]
+    if missing:
+        raise DataError(f"columns {missing} are missing from the rows read")
+    frame = pd.DataFrame(index=range(table.num_rows))
+    for col in schema.numeric:
+        frame[col] = pc.cast(table[col], pa.float64()).to_numpy(zero_copy_only=False)
+    for col in schema.categorical:
+        frame[col] = pd.Series(pc.cast(table[col], pa.string()).to_pylist(), dtype=object)
+    for col in keep:
+        if col not in frame:
+            frame[col] = table[col].to_pandas()
+    return frame

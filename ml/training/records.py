@@ -1,0 +1,46 @@
+"""The warehouse copy of the gate's decisions: one row per candidate version in `ml.model_promotions`.
+
+Decisions are recorded twice: as an immutable record in the registry and as this row, which warehouse
+consumers query.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import pyarrow as pa
+
+from ml.core.settings import Settings
+from ml.core.warehouse import Warehouse
+
+PROMOTIONS_TABLE = "ml.model_promotions"
+PROMOTIONS_SCHEMA = pa.schema([
+    ("promotion_id", pa.string()),
+    ("model_name", pa.string()),
+    ("candidate", pa.string()),
+    ("candidate_version", pa.string()),
+    ("champion_version", pa.string()),
+    ("decision", pa.string()),
+    ("primary_metric", pa.string()),
+    ("challenger_metric", pa.float64()),
+    ("champion_metric", pa.float64()),
+    ("diff_ci_low", pa.float64()),
+    ("diff_ci_high", pa.float64()),
+    ("reasons", pa.string()),
+    ("decided_at", pa.timestamp("us")),
+    ("run_id", pa.string()),
+])
+
+
+def record_promotion(settings: Settings, row: dict) -> None:
+    """Write one decision to ml.model_promotions, replacing an earlier row for the same candidate version."""
+    row = {
+        **row,
+        "promotion_id": f"{row['model_name']}/{row['candidate_version']}",
+        "reasons": json.dumps(list(row["reasons"])),
+        "decided_at": row.get("decided_at") or datetime.now(timezone.utc).replace(tzinfo=None),
+    }
+    table = pa.Table.from_pylist([{name: row.get(name) for name in PROMOTIONS_SCHEMA.names}], schema=PROMOTIONS_SCHEMA)
+    with Warehouse.connect(settings) as wh:
+        wh.replace_partitions("promotion_id", row["promotion_id"], {PROMOTIONS_TABLE: table})

@@ -1,0 +1,192 @@
+"""Training runs: extract, train each candidate, evaluate against the champion, gate, publish and promote.
+
+Each step is a function of small JSON-able dicts, so an Airflow task can call one step and hand its
+result to the next. `train()` runs them all in one process for the command line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import re
+import socket
+import subprocess
+import time
+from datetime import date
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ml.core.settings import Settings
+from ml.core.spec import CandidateSpec, FeatureSchema, ModelSpec
+from ml.registry import Registry
+from ml.training.candidates import build_candidate
+from ml.training.data import Extract, extract, load_split
+from ml.training.evaluate import TrainingError, evaluate_step
+from ml.training.gate import decide
+from ml.training.metrics import METRICS, score
+from ml.training.records import record_promotion
+
+log = logging.getLogger(__name__)
+LIBRARIES = ("lightgbm", "torch", "scikit-learn", "numpy", "pandas", "pyarrow", "dbt-core", "apache-airflow", "evidently")
+
+
+def run_directory(settings: Settings, spec: ModelSpec, run_id: str) -> Path:
+    return settings.home / "runs" / spec.name / re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id)
+
+
+# -- steps ----------------------------------------------------------------------------------------
+def extract_step(spec: ModelSpec, settings: Settings, run_id: str, as_of: date | None) -> dict:
+    """Write the split training set under the run's directory and describe it."""
+    return extract(spec, settings, run_directory(settings, spec, run_id) / "data", as_of=as_of).to_dict()
+
+
+def _better(metric: str, a: float, b: float) -> bool:
+    return a > b if METRICS[metric].higher_is_better else a < b
+
+
+def train_step(spec: ModelSpec, settings: Settings, extract_info: dict, candidate_name: str) -> dict:
+    """Fit one candidate (with the spec's bounded search when it has one) and save it next to the data."""
+    ex = Extract.from_dict(extract_info)
+    cand = spec.candidate(candidate_name)
+    X, y = load_split(ex, "train")
+    X_val, y_val = load_split(ex, "validation")
+    started = time.perf_counter()
+    model, params, trials = _fit_with_search(spec, cand, ex.schema, X, y, X_val, y_val)
+    seconds = time.perf_counter() - started
+    p_val = model.predict_proba(X_val)[:, 1]
+    directory = ex.directory.parent / "candidates" / cand.name
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save(directory)
+    np.save(directory.parent / f"{cand.name}.validation.npy", p_val)
+    result = {
+        "candidate": cand.name, "kind": cand.kind, "directory": str(directory), "params": params,
+        "trials": trials, "fit_seconds": round(seconds, 2), "device": getattr(model, "device_", "cpu"),
+        # Which worker fitted it: the Celery worker's name when set (ml/tools/service.py), else the host.
+        "worker": settings.worker_name or socket.gethostname(),
+        "validation": {spec.primary_metric: score(spec.primary_metric, y_val, p_val)},
+    }
+    log.info("trained %s in %.1f s on %s (%s): validation %s", cand.name, seconds, result["device"],
+             result["worker"], result["validation"])
+    return result
+
+
+def _fit_with_search(spec, cand: CandidateSpec, schema: FeatureSchema, X, y, X_val, y_val):
+    """Fit once, or run an Optuna search over the candidate's grid within the spec's budget."""
+    if not cand.search or spec.search.budget_s <= 0:
+        model = build_candidate(cand.kind, dict(cand.params), schema, spec.seed).fit(X, y, X_val, y_val)
+        return model, dict(cand.params), 1
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    best: dict = {}
+
+    def objective(trial) -> float:
+        params = {**cand.params, **{k: trial.suggest_categorical(k, list(v)) for k, v in cand.search.items()}}
+        model = build_candidate(cand.kind, params, schema, spec.seed).fit(X, y, X_val, y_val)
+        value = score(spec.primary_metric, y_val, model.predict_proba(X_val)[:, 1])
+        log.info("search %s trial %d: %s -> %s %.4f", cand.name, trial.number, params, spec.primary_metric, value)
+        if not best or _better(spec.primary_metric, value, best["value"]):
+            best.update(value=value, model=model, params=params)
+        return value
+
+    direction = "maximize" if METRICS[spec.primary_metric].higher_is_better else "minimize"
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=spec.seed))
+    study.optimize(objective, n_trials=spec.search.max_trials, timeout=spec.search.budget_s)
+    return best["model"], best["params"], len(study.trials)
+
+
+def gate_step(spec: ModelSpec, evaluation: dict) -> dict:
+    champion = evaluation["champion"]
+    decision = decide(spec, evaluation["challenger"]["test"], champion and champion["test"],
+                      evaluation["comparison"], evaluation["regressions"])
+    log.info("gate for %s: %s\n  %s", evaluation["challenger"]["candidate"], decision.to_dict()["decision"],
+             "\n  ".join(decision.reasons))
+    return decision.to_dict()
+
+
+def promote_step(spec: ModelSpec, settings: Settings, extract_info: dict, evaluation: dict, decision: dict,
+                 *, run_id: str, actor: str = "train_model") -> dict:
+    """Publish the challenger as a version, record the decision, and move the champion if it passed."""
+    ex = Extract.from_dict(extract_info)
+    challenger, champion = evaluation["challenger"], evaluation["champion"]
+    registry = Registry.from_settings(settings)
+    metadata_ = {
+        "candidate": challenger["candidate"], "kind": challenger["kind"], "params": challenger["params"],
+        "threshold": challenger["threshold"], "metrics": challenger["test"], "validation": challenger["validation"],
+        "importance": challenger.get("importance"), "training_window": ex.windows, "as_of": ex.as_of,
+        "data_fingerprint": ex.fingerprint, "feature_schema": ex.schema.to_dict(),
+        "entity_key": spec.entity_key, "time_column": spec.time_column, "spec": spec.model_dump(mode="json"),
+        "spec_fingerprint": spec.fingerprint(), "libraries": library_versions(), "git_commit": git_commit(settings),
+        "dbt_manifest_sha256": _sha256(settings.dbt_manifest), "run_id": run_id, "device": challenger["device"],
+        "fit_seconds": challenger["fit_seconds"],
+    }
+    version = registry.publish(spec.name, Path(challenger["directory"]), metadata_).version
+    outcome = {"model": spec.name, "version": version, "decision": decision["decision"], "reasons": decision["reasons"],
+               "champion_before": champion and champion["version"], "champion_after": champion and champion["version"]}
+    if decision["promote"]:
+        current = registry.alias(spec.name, "champion")
+        if current.version != outcome["champion_before"]:
+            raise TrainingError(
+                f"the champion of {spec.name!r} moved from {outcome['champion_before']} to {current.version} while "
+                f"{version} was evaluated; the decision is stale, so rerun the training"
+            )
+        reason = f"gate passed for run {run_id}: " + "; ".join(decision["reasons"])
+        registry.promote(spec.name, version, actor=actor, reason=reason, expected=current)
+        outcome["champion_after"] = version
+    comparison = evaluation["comparison"] or {}
+    registry.put_record(spec.name, "decisions", version, {**outcome, "comparison": comparison, "run_id": run_id})
+    record_promotion(settings, {
+        "model_name": spec.name, "candidate": challenger["candidate"], "candidate_version": version,
+        "champion_version": outcome["champion_before"], "decision": decision["decision"],
+        "primary_metric": spec.primary_metric, "challenger_metric": challenger["test"][spec.primary_metric],
+        "champion_metric": champion and champion["test"][spec.primary_metric],
+        "diff_ci_low": comparison.get("ci_low"), "diff_ci_high": comparison.get("ci_high"),
+        "reasons": decision["reasons"], "run_id": run_id,
+    })
+    log.info("%s %s: %s (champion %s -> %s)", spec.name, version, decision["decision"],
+             outcome["champion_before"], outcome["champion_after"])
+    return outcome
+
+
+# -- provenance -----------------------------------------------------------------------------------
+def library_versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def git_commit(settings: Settings) -> str | None:
+    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.repo_root, capture_output=True, text=True)
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
+
+def _sha256(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+
+
+# -- one process ----------------------------------------------------------------------------------
+def train(spec: ModelSpec, settings: Settings, *, as_of: date | None, run_id: str, actor: str,
+          on_step: Callable[[str], None] = lambda step: None) -> dict:
+    """Every step in order, in this process: what `python -m ml train` runs."""
+    on_step("extract")
+    ex = extract_step(spec, settings, run_id, as_of)
+    trained = []
+    for cand in spec.candidates:
+        on_step(f"train {cand.name}")
+        trained.append(train_step(spec, settings, ex, cand.name))
+    on_step("evaluate")
+    evaluation = evaluate_step(spec, settings, ex, trained)
+    on_step("gate")
+    decision = gate_step(spec, evaluation)
+    on_step("promote")
+    outcome = promote_step(spec, settings, ex, evaluation, decision, run_id=run_id, actor=actor)
+    return {"extract": ex, "evaluation": evaluation, "decision": decision, "outcome": outcome}
+
