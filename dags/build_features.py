@@ -16,15 +16,12 @@ asset), for exactly the as-of dates those days cover.
 
 from __future__ import annotations
 
-import os
-
 import pendulum
 from airflow.sdk import dag, task
 from cosmos import (
     DbtResourceType,
     DbtTaskGroup,
     ExecutionConfig,
-    ProfileConfig,
     ProjectConfig,
     RenderConfig,
 )
@@ -40,6 +37,7 @@ from ml.features.cosmos import (
     gate_on_detached_tests,
     require_manifest,
     source_tests_task,
+    warehouse_profile,
 )
 from ml.features.dbt import dbt_executable
 from ml.orchestration.assets import FEATURES, RAW
@@ -47,11 +45,6 @@ from ml.orchestration.bootstrap import WAREHOUSE_POOL
 from ml.orchestration.intervals import resolve_interval
 
 settings = Settings.from_env()
-# The warehouse password stays out of the serialized DAG, which stores the operators' `env` below. It
-# reaches dbt through this process's environment instead: the worker loads this file before it runs a
-# task, and every dbt subprocess inherits the environment.
-if settings.warehouse.password:
-    os.environ["TIDEMARK_PG_PASSWORD"] = settings.warehouse.password
 # The dbt vars of every dbt task, rendered from the resolve_interval task's result at run time.
 DBT_VARS = {
     "start_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['start'] }}",
@@ -88,11 +81,9 @@ def build_features():
             manifest_path=require_manifest(settings),
             install_dbt_deps=False,
         ),
-        profile_config=ProfileConfig(
-            profile_name="tidemark",
-            target_name=settings.warehouse.dbt_target,
-            profiles_yml_filepath=settings.dbt_project_dir / "profiles.yml",
-        ),
+        # PostgreSQL through the Airflow connection `tidemark_warehouse`: its password reaches dbt only
+        # when a task runs, never this DAG's environment or its serialized form.
+        profile_config=warehouse_profile(settings),
         # Each dbt node in its own process, so DuckDB's file lock is released when it ends.
         execution_config=ExecutionConfig(
             dbt_executable_path=dbt_executable(), invocation_mode=InvocationMode.SUBPROCESS

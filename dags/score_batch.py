@@ -50,13 +50,11 @@ def score_batch():
     @task(task_id="resolve_interval")
     def resolve(dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None) -> dict:
         """The days to score, the champion version and the run's scored_at time."""
-        from ml.registry.champion import champion_version
+        from ml.scoring.score import plan_scoring
 
         interval = resolve_interval(dag_run.conf, triggering_asset_events, data_interval_start, data_interval_end,
                                     asset_name=FEATURES.name)
-        scored_at = dag_run.start_date or dag_run.run_after
-        return {**interval, "model": spec.name, "version": champion_version(settings, spec.name),
-                "scored_at": scored_at.isoformat()}
+        return plan_scoring(spec, settings, interval, dag_run.start_date or dag_run.run_after)
 
     @task(pool=WAREHOUSE_POOL)
     def score_shard(shard: int, plan: dict, dag_run=None) -> dict:

@@ -1,3 +1,3 @@
-from ml.cli.app import main
+from ml.cli import main
 
 main()

@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ml.core.settings import REPO_ROOT, Settings, parse_warehouse_url
+from ml.core.settings import (
+    REPO_ROOT,
+    WAREHOUSE_CONN_VARIABLE,
+    Settings,
+    parse_warehouse_url,
+)
 from ml.ingest.simulate import SimConfig
 
 # The real public data sets live beside the repository (../shared/data), never inside it.
@@ -36,12 +41,16 @@ def parsed_dags(settings: Settings | None = None, spec_path: Path | None = None,
 
     Parses `dags/` (or one `file` in it), fails on any import error, and turns retries off, since
     dag.test() would wait out the retry delay of a task that fails for good. The environment stays set
-    until the block ends, so the tasks that dag.test() runs read the same warehouse, registry and spec.
+    until the block ends, so the tasks that dag.test() runs read the same warehouse (its Airflow
+    connection included), registry and spec.
     """
     env = {}
     if settings is not None:
         env = {"TIDEMARK_WAREHOUSE_URL": settings.warehouse.url, "TIDEMARK_REGISTRY_URI": settings.registry_uri,
                "TIDEMARK_HOME": str(settings.home)}
+        connection = settings.airflow_env().get(WAREHOUSE_CONN_VARIABLE)
+        if connection:
+            env[WAREHOUSE_CONN_VARIABLE] = connection
     if spec_path is not None:
         env["TIDEMARK_MODEL_SPEC"] = str(spec_path)
     with pytest.MonkeyPatch.context() as mp:

@@ -1,4 +1,4 @@
-# What the Airflow workers may do: exactly the S3 calls of ml/stores.py, on the registry prefix only.
+# What the Airflow workers may do: exactly the S3 calls of ml/registry/stores.py, on the registry prefix only.
 #   list_objects_v2 (Prefix=<registry_prefix>/...)        -> s3:ListBucket, conditioned on s3:prefix
 #   get_object, head_object                               -> s3:GetObject
 #   put_object, with or without If-None-Match / If-Match  -> s3:PutObject

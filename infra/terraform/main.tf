@@ -1,4 +1,4 @@
-# The registry bucket. Layout of the keys the registry writes under <registry_prefix>/ (see ml/registry.py):
+# The registry bucket. Layout of the keys the registry writes under <registry_prefix>/ (see ml/registry/registry.py):
 #   <model>/versions/vNNNN/...            write-once artifacts and manifest.json
 #   <model>/aliases/<alias>.json          rewritten by compare-and-swap (If-Match on the ETag)
 #   <model>/records/<kind>/<name>.json    write-once decisions and evaluations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,9 @@ WAREHOUSE_EXAMPLES = (
     "duckdb:///var/warehouse.duckdb (relative to the repo), "
     "duckdb:////abs/path/warehouse.duckdb, or postgresql://postgres@127.0.0.1:5432/tidemark"
 )
+# The Airflow connection through which Cosmos gives dbt a PostgreSQL warehouse (see Settings.airflow_env).
+WAREHOUSE_CONN_ID = "tidemark_warehouse"
+WAREHOUSE_CONN_VARIABLE = f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"  # where Airflow looks it up
 
 
 class SettingsError(TidemarkError, ValueError):
@@ -184,8 +188,15 @@ class Settings:
         return env
 
     def airflow_env(self) -> dict[str, str]:
-        """Environment for Airflow: state under TIDEMARK_HOME, the repo's dags/, no examples, no telemetry."""
-        airflow_home = self.airflow_home
+        """Environment for Airflow: state under TIDEMARK_HOME, the repo's dags/, no examples, no telemetry,
+        and a PostgreSQL warehouse as the connection WAREHOUSE_CONN_ID, which Cosmos hands to dbt at run time."""
+        airflow_home, wh = self.airflow_home, self.warehouse
+        connection = {}
+        if wh.kind == "postgres":
+            connection[WAREHOUSE_CONN_VARIABLE] = json.dumps({
+                "conn_type": "postgres", "host": wh.host, "port": wh.port, "login": wh.user,
+                "password": wh.password, "schema": wh.database,
+            })
         return {
             "AIRFLOW_HOME": str(airflow_home),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.repo_root / "dags"),
@@ -205,6 +216,7 @@ class Settings:
             "TIDEMARK_MODEL_SPEC": self.model_spec,
             "TIDEMARK_GPU_QUEUE": self.gpu_queue,
             **({"TIDEMARK_S3_ENDPOINT_URL": self.s3_endpoint_url} if self.s3_endpoint_url else {}),
+            **connection,
         }
 
 

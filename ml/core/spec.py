@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from ml.core.errors import TidemarkError
+from ml.core.metric_names import FLOOR_METRICS, SCORE_METRICS
 from ml.core.settings import REPO_ROOT
 
 SPEC_DIR = REPO_ROOT / "ml" / "specs"
@@ -125,6 +126,15 @@ class PromotionSpec(_Strict):
     max_ece: float = Field(0.1, gt=0, le=1)
     bootstrap_samples: int = Field(500, ge=50, le=10_000)
 
+    @field_validator("floors")
+    @classmethod
+    def _known_floors(cls, floors: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(floors) - set(FLOOR_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; floors may name {', '.join(FLOOR_METRICS)} "
+                             "(calibration has its own bound, max_ece)")
+        return floors
+
 
 class SearchSpec(_Strict):
     budget_s: float = Field(0, ge=0, description="wall-clock budget for the parameter search; 0 disables it")
@@ -156,7 +166,7 @@ class ModelSpec(_Strict):
     segments: tuple[str, ...] = ()
     split: SplitSpec = SplitSpec()
     candidates: tuple[CandidateSpec, ...] = Field(min_length=1)
-    primary_metric: Literal["roc_auc", "pr_auc", "log_loss", "brier"] = "roc_auc"
+    primary_metric: str = Field("roc_auc", description="the metric the champion comparison is decided on")
     threshold: ThresholdSpec = ThresholdSpec()
     promotion: PromotionSpec = PromotionSpec()
     search: SearchSpec = SearchSpec()
@@ -167,6 +177,13 @@ class ModelSpec(_Strict):
     seed: int = 0
 
     _names = field_validator("name", "entity_key", "time_column")(_identifier)
+
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_primary(cls, name: str) -> str:
+        if name not in SCORE_METRICS:
+            raise ValueError(f"unknown metric {name!r}; the primary metric is one of {', '.join(SCORE_METRICS)}")
+        return name
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":
@@ -241,7 +258,10 @@ class Relation:
 
     @property
     def qualified(self) -> str:
-        return f'"{self.schema}"."{self.identifier}"'
+        """"schema"."identifier" as SQL, quoted by the one quoting rule."""
+        from ml.core.sql import quote
+
+        return f"{quote(self.schema)}.{quote(self.identifier)}"
 
 
 def dbt_relation(manifest_path: Path, model: str) -> Relation:

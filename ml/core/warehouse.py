@@ -1,7 +1,8 @@
 """One small interface over the two warehouses: DuckDB (embedded) and PostgreSQL (server).
 
-Data moves in bulk as Arrow: registered Arrow tables into DuckDB, CSV streamed through COPY into
-PostgreSQL, and Arrow out of both. Nothing is written row by row.
+Statements are SQLAlchemy Core, compiled for the warehouse with their values bound (ml.core.sql).
+Data moves in bulk as Arrow: registered Arrow tables and Parquet files into DuckDB, CSV streamed
+through COPY into PostgreSQL, and Arrow out of both. Nothing is written row by row.
 """
 
 from __future__ import annotations
@@ -9,30 +10,32 @@ from __future__ import annotations
 import hashlib
 import io
 from contextlib import contextmanager
-from datetime import date
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence, Union
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import BIT
 
 from ml.core.errors import TidemarkError
 from ml.core.settings import Settings, WarehouseTarget
+from ml.core.sql import (
+    Statement,
+    compiled,
+    dialect,
+    named_table,
+    qualify,
+    quote,
+    split_name,
+)
+from ml.core.tables import declared, from_arrow
 
-_DUCKDB_TYPES = {
-    pa.int16(): "SMALLINT",
-    pa.int32(): "INTEGER",
-    pa.int64(): "BIGINT",
-    pa.float64(): "DOUBLE",
-    pa.string(): "VARCHAR",
-    pa.date32(): "DATE",
-    pa.timestamp("us"): "TIMESTAMP",
-    pa.bool_(): "BOOLEAN",
-}
-_POSTGRES_TYPES = {**_DUCKDB_TYPES, pa.float64(): "DOUBLE PRECISION", pa.string(): "TEXT"}
-# Money columns are stored as exact decimals in both warehouses.
-DECIMAL_COLUMNS = frozenset({"monthly_price", "amount"})
 _COPY_CHUNK = 1 << 20
+# Rows to write: an Arrow table, or Parquet files read in batches.
+Rows = Union[pa.Table, Sequence[Path]]
+# A part of a replace: the rows matching every `column = value`, and the rows that replace them.
+Part = tuple[Mapping[str, Any], Rows]
 
 
 # PostgreSQL type OIDs of query results, and the Arrow type each is read as.
@@ -43,19 +46,21 @@ _POSTGRES_OIDS = {
 _NUMERIC_OID = 1700
 
 
-# Catalog spellings of the types above that differ from how they are declared, after _type_key.
-_TYPE_ALIASES = {"numeric(12,2)": "decimal(12,2)", "timestampwithouttimezone": "timestamp"}
+# Spellings of one column type in DDL and in either catalog, after _type_key.
+_TYPE_ALIASES = {"varchar": "text", "doubleprecision": "double", "timestampwithouttimezone": "timestamp"}
+
+# The catalog views that table_exists and _columns read.
+_TABLES = named_table("information_schema.tables", "table_schema", "table_name")
+_COLUMNS = named_table("information_schema.columns", "table_schema", "table_name", "column_name", "data_type",
+                 "ordinal_position")
+_PG_ATTRIBUTE = named_table("pg_catalog.pg_attribute", "attrelid", "attname", "atttypid", "atttypmod", "attnum",
+                      "attisdropped")
 
 
 def _type_key(declared: str) -> str:
-    """A spelling of a column type that compares equal across declaration and catalog."""
-    key = declared.lower().replace(" ", "")
+    """A spelling of a column type that compares equal across DDL and both catalogs."""
+    key = declared.lower().replace(" ", "").replace("numeric", "decimal")
     return _TYPE_ALIASES.get(key, key)
-
-
-def _quote(identifier: str) -> str:
-    """A double-quoted SQL identifier, the same in DuckDB and PostgreSQL."""
-    return '"' + identifier.replace('"', '""') + '"'
 
 
 class WarehouseError(TidemarkError, RuntimeError):
@@ -95,19 +100,20 @@ class Warehouse:
         self._con.close()
 
     # -- statements ---------------------------------------------------------------------------
-    def execute(self, sql: str, params: tuple | None = None) -> None:
-        if self.kind == "duckdb":
-            self._con.execute(sql, params or ())
-        else:
-            self._con.execute(sql, params)
+    def execute(self, statement: Statement) -> None:
+        """Run a Core statement (compiled for this warehouse, values bound) or SQL text that holds no values."""
+        self._con.execute(*compiled(statement, self.kind))
 
-    def scalar(self, sql: str, params: tuple | None = None):
-        if self.kind == "duckdb":
-            rows = self._con.execute(sql, params or ()).fetchall()  # drains the result, freeing the connection
-            row = rows[0] if rows else None
-        else:
-            row = self._con.execute(sql, params).fetchone()
-        return None if row is None else row[0]
+    def rows(self, statement: Statement) -> list[dict[str, Any]]:
+        """The rows of a small query, as dicts."""
+        cur = self._con.execute(*compiled(statement, self.kind))
+        names = [col[0] for col in cur.description]
+        return [dict(zip(names, row)) for row in cur.fetchall()]
+
+    def scalar(self, statement: Statement) -> Any:
+        """The first value of a query's first row; None when it has no rows."""
+        rows = self._con.execute(*compiled(statement, self.kind)).fetchall()  # drains the result, freeing DuckDB
+        return rows[0][0] if rows else None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -125,52 +131,67 @@ class Warehouse:
                 yield
 
     def table_exists(self, qualified: str) -> bool:
-        schema, name = qualified.split(".", 1)
-        sql = "select count(*) from information_schema.tables where table_schema = %s and table_name = %s"
-        if self.kind == "duckdb":
-            sql = sql.replace("%s", "?")
-        return bool(self.scalar(sql, (schema, name)))
+        schema, name = split_name(qualified)
+        query = sa.select(sa.func.count()).select_from(_TABLES).where(_TABLES.c.table_schema == schema,
+                                                                      _TABLES.c.table_name == name)
+        return bool(self.scalar(query))
 
-    # -- bulk data ----------------------------------------------------------------------------
-    def ensure_table(self, qualified: str, schema: pa.Schema) -> None:
-        """Create `qualified` (schema.table) with columns from an Arrow schema if it is missing."""
-        types = _DUCKDB_TYPES if self.kind == "duckdb" else _POSTGRES_TYPES
-        cols = []
-        for field in schema:
-            if field.name in DECIMAL_COLUMNS:
-                cols.append(f"{field.name} DECIMAL(12, 2)")
-            else:
-                cols.append(f"{field.name} {types[field.type]}")
-        schema_name = qualified.split(".", 1)[0]
-        self.execute(f"create schema if not exists {schema_name}")
-        self.execute(f"create table if not exists {qualified} ({', '.join(cols)})")
+    def ensure_table(self, qualified: str, schema: pa.Schema | None = None) -> sa.Table:
+        """Create `qualified` (schema.table) if it is missing and return it.
 
-    def replace_partitions(self, partition_col: str, value: date, tables: Mapping[str, pa.Table]) -> int:
+        A table declared in ml.core.tables is created as declared (and `schema`, when given, must
+        name only its columns); any other with the columns of the Arrow `schema`.
+        """
+        target = declared(qualified, schema)
+        unknown = [name for name in (schema.names if schema is not None else ()) if name not in target.c]
+        if unknown:
+            raise WarehouseError(f"{qualified} has no columns {unknown} (its columns: {list(target.c.keys())}); "
+                                 "write rows with the columns declared in ml.core.tables")
+        self.execute(sa.schema.CreateSchema(target.schema, if_not_exists=True))
+        self.execute(sa.schema.CreateTable(target, if_not_exists=True))
+        return target
+
+    # -- bulk writes ----------------------------------------------------------------------------
+    def replace_partitions(self, partition_col: str, value: Any, tables: Mapping[str, pa.Table]) -> int:
         """Atomically replace the rows where `partition_col = value` in each table with the given rows.
 
         All tables change in one transaction, so a failure leaves every table as it was.
         Returns the number of rows written.
         """
-        for name, table in tables.items():
-            self.ensure_table(name, table.schema)
-            if self.kind == "postgres":  # DuckDB's zone maps serve the delete; PostgreSQL needs an index
-                index = f"{name.split('.')[-1]}_{partition_col}_idx"
-                self.execute(f"create index if not exists {index} on {name} ({partition_col})")
+        return self._replace({name: (rows.schema, [({partition_col: value}, rows)]) for name, rows in tables.items()})
+
+    def replace_rows(self, qualified: str, schema: pa.Schema, parts: Sequence[Part], *,
+                     before_commit: Callable[[], None] | None = None) -> int:
+        """Replace row sets of `qualified` with new rows, all in one transaction.
+
+        `parts` pairs a filter (`{column: value}`, all must hold) with the rows that replace the rows
+        it matches: an Arrow table, or Parquet files. A failure at any point, the process dying
+        included, leaves the table as it was. `before_commit` runs after the last insert, inside the
+        transaction. Returns the rows inserted.
+        """
+        keys = list(parts[0][0]) if parts else []
+        if any(list(where) != keys for where, _ in parts):
+            raise WarehouseError(f"replace_rows into {qualified}: every part must filter on the same columns {keys}")
+        return self._replace({qualified: (schema, parts)}, before_commit)
+
+    def _replace(self, plan: Mapping[str, tuple[pa.Schema, Sequence[Part]]],
+                 before_commit: Callable[[], None] | None = None) -> int:
+        """Per table, delete what each part's filter matches and insert its rows, in one transaction."""
+        targets = {name: self.ensure_table(name, schema) for name, (schema, _) in plan.items()}
+        for name, (_, parts) in plan.items():
+            keys = list(parts[0][0]) if parts else []
+            if self.kind == "postgres" and keys:  # DuckDB's zone maps serve the deletes; PostgreSQL needs an index
+                index = quote(f"{split_name(name)[1]}_{'_'.join(keys)}_idx")
+                self.execute(f"create index if not exists {index} on {qualify(name)} ({', '.join(map(quote, keys))})")
         written = 0
         with self.transaction():
-            for name, table in tables.items():
-                if self.kind == "duckdb":
-                    self._con.execute(f"delete from {name} where {partition_col} = ?", (value,))
-                    self._con.register("_tidemark_incoming", table)
-                    try:
-                        cols = ", ".join(table.column_names)
-                        self._con.execute(f"insert into {name} ({cols}) select {cols} from _tidemark_incoming")
-                    finally:
-                        self._con.unregister("_tidemark_incoming")
-                else:
-                    self._con.execute(f"delete from {name} where {partition_col} = %s", (value,))
-                    self._copy_in(name, table)
-                written += table.num_rows
+            for name, (schema, parts) in plan.items():
+                target = targets[name]
+                for where, rows in parts:
+                    self.execute(sa.delete(target).where(*(target.c[key] == value for key, value in where.items())))
+                    written += self._insert(name, schema.names, rows)
+            if before_commit is not None:
+                before_commit()
         return written
 
     def replace_table(self, qualified: str, table: pa.Table) -> int:
@@ -178,69 +199,82 @@ class Warehouse:
 
         A table with the same columns is emptied and refilled, so views built on it stay in place.
         A table with other columns is dropped and created anew (on PostgreSQL with the views built
-        on it, which dbt recreates on its next run). Column names are quoted as given.
+        on it, which dbt recreates on its next run). Column names are kept as given.
         """
-        schema_name = qualified.split(".", 1)[0]
-        self.execute(f"create schema if not exists {schema_name}")
-        wanted = [(f.name, self._column_type(f)) for f in table.schema]
+        target = from_arrow(qualified, table.schema)
+        self.execute(sa.schema.CreateSchema(target.schema, if_not_exists=True))
+        wanted = [(c.name, _type_key(c.type.compile(dialect=dialect(self.kind)))) for c in target.columns]
         with self.transaction():
-            if self._columns(qualified) == [(name, _type_key(kind)) for name, kind in wanted]:
-                self.execute(f"truncate {qualified}" if self.kind == "postgres" else f"delete from {qualified}")
+            if self._columns(qualified) == wanted:
+                self.execute(f"truncate {qualify(qualified)}" if self.kind == "postgres" else sa.delete(target))
             else:
-                self.execute(f"drop table if exists {qualified}" + (" cascade" if self.kind == "postgres" else ""))
-                cols = ", ".join(f"{_quote(name)} {kind}" for name, kind in wanted)
-                self.execute(f"create table {qualified} ({cols})")
-            if self.kind == "duckdb":
-                self._con.register("_tidemark_incoming", table)
-                try:
-                    cols = ", ".join(_quote(name) for name in table.column_names)
-                    self._con.execute(f"insert into {qualified} ({cols}) select {cols} from _tidemark_incoming")
-                finally:
-                    self._con.unregister("_tidemark_incoming")
-            else:
-                self._copy_in(qualified, table)
+                cascade = " cascade" if self.kind == "postgres" else ""
+                self.execute(f"drop table if exists {qualify(qualified)}{cascade}")
+                self.execute(sa.schema.CreateTable(target))
+            self._insert(qualified, table.column_names, table)
         return table.num_rows
 
-    def _column_type(self, field: pa.Field) -> str:
-        if field.name in DECIMAL_COLUMNS:
-            return "DECIMAL(12, 2)"
-        types = _DUCKDB_TYPES if self.kind == "duckdb" else _POSTGRES_TYPES
-        try:
-            return types[field.type]
-        except KeyError:
-            raise WarehouseError(f"column {field.name!r} has Arrow type {field.type}, which has no warehouse type")
-
     def _columns(self, qualified: str) -> list[tuple[str, str]]:
-        """(name, declared type) of each column of `qualified`, in order; empty when it does not exist."""
-        schema, name = qualified.split(".", 1)
+        """(name, type key) of each column of `qualified`, in order; empty when it does not exist."""
+        schema, name = split_name(qualified)
         if self.kind == "duckdb":
-            sql = "select column_name, data_type from information_schema.columns "
-            sql += "where table_schema = ? and table_name = ? order by ordinal_position"
-            rows = self._con.execute(sql, (schema, name)).fetchall()
-        else:
-            sql = "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a "
-            sql += "where a.attrelid = to_regclass(%s) and a.attnum > 0 and not a.attisdropped order by a.attnum"
-            rows = self._con.execute(sql, (f"{_quote(schema)}.{_quote(name)}",)).fetchall()
-        return [(col, _type_key(kind)) for col, kind in rows]
+            c = _COLUMNS.c
+            query = sa.select(c.column_name, c.data_type).where(c.table_schema == schema, c.table_name == name)
+            query = query.order_by(c.ordinal_position)
+        else:  # format_type spells numeric(12,2) in full, where information_schema says numeric
+            a = _PG_ATTRIBUTE.c
+            query = sa.select(a.attname, sa.func.format_type(a.atttypid, a.atttypmod)).where(
+                a.attrelid == sa.func.to_regclass(qualify(qualified)), a.attnum > 0, sa.not_(a.attisdropped),
+            ).order_by(a.attnum)
+        return [(col, _type_key(kind)) for col, kind in self._con.execute(*compiled(query, self.kind)).fetchall()]
 
-    def _copy_in(self, name: str, table: pa.Table) -> None:
-        buf = io.BytesIO()
-        pacsv.write_csv(table, buf, pacsv.WriteOptions(include_header=False))
-        data = buf.getbuffer()
-        cols = ", ".join(_quote(col) for col in table.column_names)
-        with self._con.cursor() as cur:
-            with cur.copy(f"copy {name} ({cols}) from stdin with (format csv)") as copy:
+    def _insert(self, qualified: str, names: Sequence[str], rows: Rows) -> int:
+        """Append `rows` (an Arrow table or Parquet files) to the columns `names` of `qualified`; returns how many."""
+        import pyarrow.parquet as pq
+
+        cols = ", ".join(quote(name) for name in names)
+        into = f"{qualify(qualified)} ({cols})"
+        if isinstance(rows, pa.Table):
+            if self.kind == "postgres":
+                self._copy_in(into, [rows])
+                return rows.num_rows
+            self._con.register("_tidemark_incoming", rows)
+            try:
+                self._con.execute(f"insert into {into} select {cols} from _tidemark_incoming")
+            finally:
+                self._con.unregister("_tidemark_incoming")
+            return rows.num_rows
+        files = [Path(f) for f in rows]
+        if not files:
+            return 0
+        if self.kind == "duckdb":
+            self._con.execute(f"insert into {into} select {cols} from read_parquet(?)", ([str(f) for f in files],))
+        else:
+            self._copy_in(into, (batch for path in files
+                                 for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=names)))
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    def _copy_in(self, into: str, parts: Iterable[pa.Table | pa.RecordBatch]) -> None:
+        """COPY Arrow rows into PostgreSQL as CSV, part by part."""
+        with self._con.cursor() as cur, cur.copy(f"copy {into} from stdin with (format csv)") as copy:
+            for part in parts:
+                buf = io.BytesIO()
+                pacsv.write_csv(part, buf, pacsv.WriteOptions(include_header=False))
+                data = buf.getbuffer()
                 for start in range(0, len(data), _COPY_CHUNK):
                     copy.write(data[start : start + _COPY_CHUNK])
+                del data
 
-    def read_arrow(self, sql: str) -> pa.Table:
+    # -- bulk reads -----------------------------------------------------------------------------
+    def read_arrow(self, statement: Statement) -> pa.Table:
         """Run a query and return its result as one Arrow table, typed by the query's columns on both warehouses."""
         if self.kind == "duckdb":
-            return self._con.sql(sql).to_arrow_table()
+            return self._duckdb_relation(statement).to_arrow_table()
+        sql = self._inline(statement)
         schema = self._result_schema(sql)
         return pa.Table.from_batches(list(self._copy_out(sql, schema, 1 << 20)), schema=schema)
 
-    def stream_arrow(self, sql: str, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
+    def stream_arrow(self, statement: Statement, batch_rows: int = 200_000) -> Iterator[pa.RecordBatch]:
         """Run a query and yield its result as Arrow record batches of at most `batch_rows` rows.
 
         Memory stays bounded by a few batches, whatever the result's size: DuckDB hands over its
@@ -249,11 +283,23 @@ class Warehouse:
         if batch_rows < 1:
             raise WarehouseError(f"batch_rows must be at least 1, got {batch_rows}")
         if self.kind == "duckdb":
-            reader = self._con.sql(sql).to_arrow_reader(batch_rows)
+            reader = self._duckdb_relation(statement).to_arrow_reader(batch_rows)
             yield from _rebatched(reader, batch_rows)
             return
+        sql = self._inline(statement)
         schema = self._result_schema(sql)
         yield from _rebatched(self._copy_out(sql, schema, batch_rows), batch_rows)
+
+    def _duckdb_relation(self, statement: Statement):
+        sql, params = compiled(statement, "duckdb")
+        return self._con.sql(sql, params=params or None)
+
+    def _inline(self, statement: Statement) -> str:
+        """A PostgreSQL query as one text with its values bound by psycopg: COPY takes no server-side parameters."""
+        from psycopg import ClientCursor
+
+        sql, params = compiled(statement, "postgres")
+        return sql if params is None else ClientCursor(self._con).mogrify(sql, params)
 
     def _copy_out(self, sql: str, schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
         """A PostgreSQL query's rows through COPY ... TO STDOUT, parsed as they arrive into `schema`."""
@@ -282,71 +328,25 @@ class Warehouse:
                 fields.append(pa.field(col.name, kind))
         return pa.schema(fields)
 
-    def bucket_sql(self, expression: str, buckets: int, *, integer: bool) -> str:
-        """A SQL expression mapping `expression` to a bucket in [0, buckets), the same in both warehouses.
+    def bucket(self, column: sa.ColumnElement, buckets: int, *, integer: bool) -> sa.ColumnElement:
+        """`column` mapped to a bucket in [0, buckets), the same in both warehouses.
 
         Integers go by their absolute value modulo `buckets`; anything else by the first 32 bits of
         the MD5 of its text form.
         """
         if integer:
-            return f"(abs({expression}) % {int(buckets)})"
-        digest = f"substr(md5(cast({expression} as varchar)), 1, 8)"
-        number = f"('0x' || {digest})::bigint" if self.kind == "duckdb" else f"('x' || {digest})::bit(32)::bigint"
-        return f"({number} % {int(buckets)})"
-
-    def replace_rows(
-        self,
-        qualified: str,
-        schema: pa.Schema,
-        parts: Sequence[tuple[Mapping[str, Any], Sequence[Path]]],
-        *,
-        before_commit: Callable[[], None] | None = None,
-    ) -> int:
-        """Replace row sets of `qualified` with the rows of Parquet files, all in one transaction.
-
-        `parts` pairs a filter (`{column: value}`, all must hold) with the files whose rows replace the
-        rows it matches. A failure at any point, the process dying included, leaves the table as it was.
-        `before_commit` runs after the last insert, inside the transaction. Returns the rows inserted.
-        """
-        import pyarrow.parquet as pq
-
-        self.ensure_table(qualified, schema)
-        keys = list(parts[0][0]) if parts else []
-        if any(list(where) != keys for where, _ in parts):
-            raise WarehouseError(f"replace_rows into {qualified}: every part must filter on the same columns {keys}")
-        if self.kind == "postgres" and keys:  # the deletes need an index on PostgreSQL
-            index = f"{qualified.split('.')[-1]}_{'_'.join(keys)}_idx"
-            self.execute(f"create index if not exists {index} on {qualified} ({', '.join(keys)})")
-        marker = "?" if self.kind == "duckdb" else "%s"
-        condition = " and ".join(f"{_quote(key)} = {marker}" for key in keys) or "true"
-        cols = ", ".join(_quote(name) for name in schema.names)
-        written = 0
-        with self.transaction():
-            for where, files in parts:
-                self.execute(f"delete from {qualified} where {condition}", tuple(where.values()))
-                files = [Path(f) for f in files]
-                if not files:
-                    continue
-                if self.kind == "duckdb":
-                    listed = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-                    self.execute(f"insert into {qualified} ({cols}) select {cols} from read_parquet([{listed}])")
-                else:
-                    with self._con.cursor() as cur:
-                        with cur.copy(f"copy {qualified} ({cols}) from stdin with (format csv)") as copy:
-                            for path in files:
-                                for batch in pq.ParquetFile(path).iter_batches(batch_size=65_536, columns=schema.names):
-                                    buf = io.BytesIO()
-                                    pacsv.write_csv(batch, buf, pacsv.WriteOptions(include_header=False))
-                                    copy.write(buf.getbuffer())
-                written += sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-            if before_commit is not None:
-                before_commit()
-        return written
+            return sa.func.abs(column) % buckets
+        digest = sa.func.substr(sa.func.md5(sa.cast(column, sa.String)), 1, 8)
+        if self.kind == "duckdb":
+            number = sa.cast(sa.literal("0x") + digest, sa.BigInteger)
+        else:
+            number = sa.cast(sa.cast(sa.literal("x") + digest, BIT(32)), sa.BigInteger)
+        return number % buckets
 
     def content_hash(self, qualified: str, key: str) -> str:
         """sha256 over a table's rows in key order, as Arrow IPC; stable for the same contents."""
         digest = hashlib.sha256()
-        table = self.read_arrow(f"select * from {qualified} order by {key}")
+        table = self.read_arrow(f"select * from {qualify(qualified)} order by {quote(key)}")
         digest.update(table.schema.to_string().encode())
         for batch in table.combine_chunks().to_batches(max_chunksize=65_536):
             digest.update(batch.serialize().to_pybytes())

@@ -1,6 +1,7 @@
 """How the dbt project becomes Airflow tasks: what Cosmos' own configuration does not cover.
 
-The build_features DAG uses these at parse time; they read the parsed manifest, never run dbt.
+The build_features DAG uses these at parse time; they read the parsed manifest and profiles.yml,
+never run dbt and never look up a connection.
 """
 
 from __future__ import annotations
@@ -8,8 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+from cosmos import ProfileConfig
+from cosmos.profiles import PostgresUserPasswordProfileMapping
+
 from ml.core.errors import TidemarkError
-from ml.core.settings import Settings
+from ml.core.settings import WAREHOUSE_CONN_ID, Settings
+
+PROFILE_NAME = "tidemark"
 
 
 class ManifestMissing(TidemarkError, FileNotFoundError):
@@ -25,6 +32,35 @@ def require_manifest(settings: Settings) -> Path:
             "so the build_features DAG can be rendered without running dbt at parse time."
         )
     return manifest
+
+
+class WarehouseProfileMapping(PostgresUserPasswordProfileMapping):
+    """Cosmos' PostgreSQL mapping, which also accepts a user without a password (trust or peer auth).
+
+    Cosmos reads the connection only when a task runs, and hands the password to that task's dbt
+    process as an environment variable that the profile it writes refers to.
+    """
+
+    def get_dbt_value(self, name: str) -> Any:
+        value = super().get_dbt_value(name)
+        return "" if name == "password" and value is None else value
+
+
+def warehouse_profile(settings: Settings) -> ProfileConfig:
+    """The dbt profile of the dbt tasks, with no secret in it.
+
+    DuckDB: dbt_project/profiles.yml, whose database path comes from the operators' env. PostgreSQL:
+    the Airflow connection WAREHOUSE_CONN_ID (Settings.airflow_env defines it), with the schema and
+    threads of the postgres output in profiles.yml.
+    """
+    target, profiles_yml = settings.warehouse.dbt_target, settings.dbt_project_dir / "profiles.yml"
+    if settings.warehouse.kind == "duckdb":
+        return ProfileConfig(profile_name=PROFILE_NAME, target_name=target, profiles_yml_filepath=profiles_yml)
+    output = yaml.safe_load(profiles_yml.read_text())[PROFILE_NAME]["outputs"][target]
+    mapping = WarehouseProfileMapping(
+        conn_id=WAREHOUSE_CONN_ID, profile_args={key: output[key] for key in ("schema", "threads")}
+    )
+    return ProfileConfig(profile_name=PROFILE_NAME, target_name=target, profile_mapping=mapping)
 
 
 def source_tests_task(*, dag, task_group, node, task_id: str, task_args: dict, detached_from_parent=None, **_):

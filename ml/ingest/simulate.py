@@ -15,6 +15,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
+from ml.core.errors import TidemarkError
 from ml.ingest.raw_tables import RAW_SCHEMAS
 
 PLANS = ("basic", "standard", "premium")
@@ -31,6 +32,10 @@ BILLING_CYCLE_DAYS = 30
 RETRY_AFTER_DAYS = 3
 _SECONDS_PER_DAY = 86_400
 
+class SimulationError(TidemarkError, ValueError):
+    """A simulation was asked for with parameters it cannot run; the message names the parameter."""
+
+
 @dataclass(frozen=True)
 class SimConfig:
     """Parameters of one simulated history. Same config, same bytes."""
@@ -46,13 +51,13 @@ class SimConfig:
 
     def __post_init__(self) -> None:
         if self.customers < 1:
-            raise ValueError(f"customers must be at least 1, got {self.customers}")
+            raise SimulationError(f"customers must be at least 1, got {self.customers}")
         if self.days < 1:
-            raise ValueError(f"days must be at least 1, got {self.days}")
+            raise SimulationError(f"days must be at least 1, got {self.days}")
         if not 0 <= self.price_rise < 5:
-            raise ValueError(f"price_rise must be in [0, 5), got {self.price_rise}")
+            raise SimulationError(f"price_rise must be in [0, 5), got {self.price_rise}")
         if not 0 <= self.new_channel_share <= 1:
-            raise ValueError(f"new_channel_share must be in [0, 1], got {self.new_channel_share}")
+            raise SimulationError(f"new_channel_share must be in [0, 1], got {self.new_channel_share}")
 
     @property
     def end(self) -> date:
@@ -62,7 +67,7 @@ class SimConfig:
     def day_index(self, day: date) -> int:
         idx = (day - self.start).days
         if not 0 <= idx < self.days:
-            raise ValueError(f"{day} is outside the simulated range {self.start}..{self.end}")
+            raise SimulationError(f"{day} is outside the simulated range {self.start}..{self.end}")
         return idx
 
     @property

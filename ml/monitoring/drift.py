@@ -18,30 +18,25 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
 from ml.core.errors import TidemarkError
 from ml.core.settings import Settings
 from ml.core.spec import FeatureSchema, ModelSpec
+from ml.core.sql import named_table
+from ml.core.tables import arrow_schema, drift_metrics, model_performance, predictions
 from ml.core.warehouse import Warehouse
 from ml.registry import Registry
 from ml.training.data import relations, to_frame
 
 log = logging.getLogger(__name__)
-PREDICTIONS = "ml.predictions"
-DRIFT_METRICS = "ml.drift_metrics"
-MODEL_PERFORMANCE = "ml.model_performance"
+PREDICTIONS = predictions.fullname
+DRIFT_METRICS = drift_metrics.fullname
+MODEL_PERFORMANCE = model_performance.fullname
 DATASET_ROW = "__dataset__"
 SCORE = "score"
 REFERENCE = "reference.parquet"
 PREPARED_REFERENCE = "drift_reference.parquet"
-
-DRIFT_SCHEMA = pa.schema([
-    ("model_name", pa.string()), ("model_version", pa.string()), ("as_of_date", pa.date32()),
-    ("column_name", pa.string()), ("stattest", pa.string()), ("score", pa.float64()), ("threshold", pa.float64()),
-    ("drifted", pa.bool_()), ("drift_share", pa.float64()), ("dataset_drift", pa.bool_()),
-    ("current_rows", pa.int32()), ("reference_rows", pa.int32()), ("checked_at", pa.timestamp("us")),
-])
-
 
 class MonitoringError(TidemarkError, RuntimeError):
     """A monitoring check cannot run on its input; the message says what is missing and what to do."""
@@ -101,12 +96,8 @@ def drift_columns(spec: ModelSpec, schema: FeatureSchema) -> FeatureSchema:
 
 
 # -- the current sample ---------------------------------------------------------------------------
-def _lit(value: str | date) -> str:
-    return f"date '{value.isoformat()}'" if isinstance(value, date) else "'" + str(value).replace("'", "''") + "'"
-
-
 def sample_sql(spec: ModelSpec, features: str, columns: FeatureSchema, day: date, *, rows: int,
-               partition_rows: int, seed: int, score_version: str | None) -> str:
+               partition_rows: int, seed: int, score_version: str | None) -> sa.Select:
     """One day of the features relation sampled to at most `rows` inside the warehouse, with the day's scores.
 
     The sample is the rows with the smallest seeded md5 of their key: the same rows on every run, thread
@@ -114,23 +105,26 @@ def sample_sql(spec: ModelSpec, features: str, columns: FeatureSchema, day: date
     single-threaded, and PostgreSQL's TABLESAMPLE ... REPEATABLE depends on the table's physical layout).
     """
     key, when = spec.entity_key, spec.time_column
-    cols = ", ".join([key, *columns.columns])
-    sampled = f"select {cols} from {features} where {when} = {_lit(day)}"
+    cols = list(dict.fromkeys([key, *columns.columns]))
+    source = named_table(features, *cols, when)
+    sampled = sa.select(*(source.c[c] for c in cols)).where(source.c[when] == day)
     if partition_rows > rows:
-        sampled += f" order by md5(cast({key} as varchar) || '{seed}') limit {rows}"
+        sampled = sampled.order_by(sa.func.md5(sa.cast(source.c[key], sa.String) + str(seed))).limit(rows)
     if score_version is None:
         return sampled
-    return (f"select s.*, p.score as {SCORE} from ({sampled}) s left join {PREDICTIONS} p "
-            f"on p.model_name = {_lit(spec.name)} and p.as_of_date = {_lit(day)} "
-            f"and p.model_version = {_lit(score_version)} and p.entity_id = cast(s.{key} as varchar)")
+    s, p = sampled.subquery("s"), predictions.alias("p")
+    scored = sa.and_(p.c.model_name == spec.name, p.c.as_of_date == day, p.c.model_version == score_version,
+                     p.c.entity_id == sa.cast(s.c[key], sa.String))
+    return sa.select(s, p.c.score.label(SCORE)).select_from(s.outerjoin(p, scored))
 
 
 def _scored_by(wh: Warehouse, model: str, day: date) -> dict[str, int]:
     if not wh.table_exists(PREDICTIONS):
         return {}
-    sql = (f"select model_version, count(*) as n from {PREDICTIONS} where model_name = {_lit(model)} "
-           f"and as_of_date = {_lit(day)} group by model_version")
-    return {str(r["model_version"]): int(r["n"]) for r in wh.read_arrow(sql).to_pylist()}
+    query = (sa.select(predictions.c.model_version, sa.func.count().label("n"))
+             .where(predictions.c.model_name == model, predictions.c.as_of_date == day)
+             .group_by(predictions.c.model_version))
+    return {str(r["model_version"]): int(r["n"]) for r in wh.rows(query)}
 
 
 # -- Evidently ------------------------------------------------------------------------------------
@@ -166,16 +160,7 @@ def read_snapshot(result: dict) -> tuple[list[dict], float]:
 # -- writes -----------------------------------------------------------------------------------------
 def replace_model_partition(wh: Warehouse, qualified: str, model: str, day: date, rows: pa.Table) -> int:
     """Atomically replace the rows of (model_name, as_of_date) in `qualified` with `rows`; returns how many."""
-    wh.ensure_table(qualified, rows.schema)
-    mark = "?" if wh.kind == "duckdb" else "%s"
-    cols = ", ".join(rows.column_names)
-    values = ", ".join(["(" + ", ".join([mark] * rows.num_columns) + ")"] * rows.num_rows)
-    params = tuple(v for row in rows.to_pylist() for v in row.values())
-    with wh.transaction():
-        wh.execute(f"delete from {qualified} where model_name = {mark} and as_of_date = {mark}", (model, day))
-        if rows.num_rows:
-            wh.execute(f"insert into {qualified} ({cols}) values {values}", params)
-    return rows.num_rows
+    return wh.replace_rows(qualified, rows.schema, [({"model_name": model, "as_of_date": day}, rows)])
 
 
 def _now() -> datetime:
@@ -192,8 +177,9 @@ def _current(spec: ModelSpec, settings: Settings, day: date, columns: FeatureSch
     features = relations(spec, settings)[0]
     seed = (spec.seed * 100_003 + day.toordinal()) % 2**31
     with Warehouse.connect(settings, read_only=True) as wh:
-        count = f"select count(*) from {features.qualified} where {spec.time_column} = {_lit(day)}"
-        partition_rows = int(wh.scalar(count))
+        source = named_table(features.qualified, spec.time_column)
+        partition_rows = int(wh.scalar(sa.select(sa.func.count()).select_from(source)
+                                       .where(source.c[spec.time_column] == day)))
         if partition_rows == 0:
             raise MonitoringError(f"{features.name} has no rows for {spec.time_column} = {day}; build that day's "
                                "features first")
@@ -248,7 +234,8 @@ def check_drift(spec: ModelSpec, settings: Settings, day: date, *, model_version
         **base, "column_name": DATASET_ROW, "stattest": None, "score": share, "threshold": spec.monitoring.drift_share,
         "drifted": dataset_drift, "drift_share": share, "dataset_drift": dataset_drift}]
     with Warehouse.connect(settings) as wh:
-        replace_model_partition(wh, DRIFT_METRICS, spec.name, day, pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA))
+        replace_model_partition(wh, DRIFT_METRICS, spec.name, day,
+                                pa.Table.from_pylist(rows, schema=arrow_schema(drift_metrics)))
     drifted = [c["column_name"] for c in per_column if c["drifted"]]
     log.info("drift of %s %s on %s: share %.3f (%s), drifted %s; report at %s", spec.name, model_version, day, share,
              "dataset drift" if dataset_drift else "no dataset drift", drifted or "none", html_uri)

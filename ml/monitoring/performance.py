@@ -11,17 +11,18 @@ from datetime import date, timedelta
 
 import numpy as np
 import pyarrow as pa
+import sqlalchemy as sa
 
 from ml.core.settings import Settings
-from ml.core.spec import IDENTIFIER, ModelSpec
+from ml.core.spec import ModelSpec
+from ml.core.sql import named_table
+from ml.core.tables import arrow_schema, drift_metrics, model_performance, predictions
 from ml.core.warehouse import Warehouse
 from ml.monitoring.drift import (
     DATASET_ROW,
-    DRIFT_METRICS,
     MODEL_PERFORMANCE,
     PREDICTIONS,
     MonitoringError,
-    _lit,
     _now,
     _num,
     replace_model_partition,
@@ -31,10 +32,6 @@ from ml.training.metrics import score
 
 log = logging.getLogger(__name__)
 PERFORMANCE_METRICS = ("roc_auc", "pr_auc", "brier")
-PERFORMANCE_SCHEMA = pa.schema([
-    ("model_name", pa.string()), ("model_version", pa.string()), ("as_of_date", pa.date32()), ("rows", pa.int32()),
-    ("positives", pa.int32()), *((m, pa.float64()) for m in PERFORMANCE_METRICS), ("computed_at", pa.timestamp("us")),
-])
 
 
 def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict | None:
@@ -46,14 +43,16 @@ def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict
     key, when, label = spec.entity_key, spec.time_column, spec.label.column
     if when is None:
         raise MonitoringError(f"spec {spec.name!r} has no time_column; realized performance is per as_of_date")
-    labels = relations(spec, settings)[1]
-    known = f"select {key}, {label} from {labels.qualified} where {when} = {_lit(day)} and {label} is not null"
+    labels = named_table(relations(spec, settings)[1].qualified, key, when, label)
+    known = sa.select(labels.c[key], labels.c[label]).where(labels.c[when] == day, labels.c[label].is_not(None))
+    known = known.subquery("l")
+    scores = predictions.alias("p")
+    scored = (sa.select(scores.c.model_version, scores.c.score, known.c[label].label("label"))
+              .select_from(scores.join(known, scores.c.entity_id == sa.cast(known.c[key], sa.String)))
+              .where(scores.c.model_name == spec.name, scores.c.as_of_date == day))
     with Warehouse.connect(settings, read_only=True) as wh:
-        matured = int(wh.scalar(f"select count(*) from ({known}) l"))
-        table = None if matured == 0 or not wh.table_exists(PREDICTIONS) else wh.read_arrow(
-            f"select p.model_version, p.score, l.{label} as label from {PREDICTIONS} p join ({known}) l "
-            f"on p.entity_id = cast(l.{key} as varchar) "
-            f"where p.model_name = {_lit(spec.name)} and p.as_of_date = {_lit(day)}")
+        matured = int(wh.scalar(sa.select(sa.func.count()).select_from(known)))
+        table = None if matured == 0 or not wh.table_exists(PREDICTIONS) else wh.read_arrow(scored)
     if table is None or table.num_rows == 0:
         log.info("no realized performance of %s for %s: %d matured labels, %d of them scored", spec.name, day,
                  matured, 0 if table is None else table.num_rows)
@@ -69,7 +68,7 @@ def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict
                      "computed_at": _now()})
     with Warehouse.connect(settings) as wh:
         replace_model_partition(wh, MODEL_PERFORMANCE, spec.name, day,
-                                pa.Table.from_pylist(rows, schema=PERFORMANCE_SCHEMA))
+                                pa.Table.from_pylist(rows, schema=arrow_schema(model_performance)))
     main = max(rows, key=lambda r: r["rows"])
     by_version = [{k: r[k] for k in ("model_version", "rows", "positives", *PERFORMANCE_METRICS)} for r in rows]
     log.info("realized performance of %s on %s: %s", spec.name, day, by_version)
@@ -78,15 +77,16 @@ def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict
 
 
 # -- readers ----------------------------------------------------------------------------------------
-def _history(settings: Settings, table: str, select: str, model: str, until: date, days: int,
-             where: str = "") -> list[dict]:
-    if not IDENTIFIER.match(model) or days < 1:
-        raise MonitoringError(f"need a plain model name and days >= 1; got model={model!r}, days={days}")
+def _history(settings: Settings, table: sa.Table, columns: list[str], model: str, until: date, days: int,
+             *where: sa.ColumnElement[bool]) -> list[dict]:
+    if days < 1:
+        raise MonitoringError(f"need days >= 1; got days={days}")
     since = until - timedelta(days=days - 1)
-    sql = (f"select {select} from {table} where model_name = {_lit(model)} and as_of_date between {_lit(since)} "
-           f"and {_lit(until)}{where} order by as_of_date, model_version")
+    query = (sa.select(*(table.c[c] for c in columns))
+             .where(table.c.model_name == model, table.c.as_of_date.between(since, until), *where)
+             .order_by(table.c.as_of_date, table.c.model_version))
     with Warehouse.connect(settings, read_only=True) as wh:
-        rows = wh.read_arrow(sql).to_pylist() if wh.table_exists(table) else []
+        rows = wh.rows(query) if wh.table_exists(table.fullname) else []
     for row in rows:
         row["as_of_date"] = str(row["as_of_date"])[:10]
     return rows
@@ -94,11 +94,12 @@ def _history(settings: Settings, table: str, select: str, model: str, until: dat
 
 def drift_history(settings: Settings, model: str, until: date, days: int) -> list[dict]:
     """The dataset-level drift rows of `model` for the `days` days ending at `until`, oldest first."""
-    select = "as_of_date, model_version, drift_share, threshold, dataset_drift, current_rows, reference_rows"
-    return _history(settings, DRIFT_METRICS, select, model, until, days, f" and column_name = '{DATASET_ROW}'")
+    columns = ["as_of_date", "model_version", "drift_share", "threshold", "dataset_drift", "current_rows",
+               "reference_rows"]
+    return _history(settings, drift_metrics, columns, model, until, days, drift_metrics.c.column_name == DATASET_ROW)
 
 
 def performance_history(settings: Settings, model: str, until: date, days: int) -> list[dict]:
     """Realized performance rows of `model` (one per version and day) for the `days` days ending at `until`."""
-    select = f"as_of_date, model_version, rows, positives, {', '.join(PERFORMANCE_METRICS)}"
-    return _history(settings, MODEL_PERFORMANCE, select, model, until, days)
+    columns = ["as_of_date", "model_version", "rows", "positives", *PERFORMANCE_METRICS]
+    return _history(settings, model_performance, columns, model, until, days)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import date, timedelta
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ml.core.settings import Settings
 from ml.core.spec import ModelSpec
@@ -31,11 +31,14 @@ def plan_monitoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, 
     return {"start": interval["start"], "end": interval["end"], "model": spec.name, "version": version}
 
 
-def drift_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, str]) -> list[dict]:
+def drift_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, str], *,
+                       on_step: Callable[[str], None] | None = None) -> list[dict]:
     """Drift of each day of the plan against the pinned version's reference sample."""
     champion = resolve_champion(settings, spec.name, plan["version"])
     results = []
     for day in interval_days(plan):
+        if on_step is not None:
+            on_step(f"drift on {day}")
         result = check_drift(spec, settings, day, model_version=champion.version, version_dir=champion.directory)
         log.info("%s %s: drift share %.2f (%s), report %s", spec.name, day, result["drift_share"],
                  "DRIFT" if result["dataset_drift"] else "stable", result["report_html"])
@@ -65,11 +68,18 @@ def decide_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, 
     return None
 
 
-def monitor_days(spec: ModelSpec, settings: Settings, interval: Mapping[str, str]) -> dict[str, Any]:
-    """Every step in order, in this process: what `python -m ml monitor` runs."""
+def monitor_days(spec: ModelSpec, settings: Settings, interval: Mapping[str, str], *,
+                 on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Every step in order, in this process: what `python -m ml monitor` runs.
+
+    `on_step(name)` is called as each step (and each day's drift check) starts.
+    """
+    step = on_step or (lambda name: None)
     plan = plan_monitoring(spec, settings, interval)
-    drift = drift_for_interval(spec, settings, plan)
+    drift = drift_for_interval(spec, settings, plan, on_step=on_step)
+    step("realized performance")
     performance = performance_for_interval(spec, settings, plan)
+    step("retrain decision")
     return {**plan, "drift": drift, "performance": performance,
             "request": decide_for_interval(spec, settings, plan)}
 

@@ -11,27 +11,24 @@ import logging
 from datetime import date, datetime, timedelta, timezone
 
 import pyarrow as pa
+import sqlalchemy as sa
 
 from ml.core.settings import Settings
 from ml.core.spec import ModelSpec
+from ml.core.tables import arrow_schema, retrain_requests
 from ml.core.warehouse import Warehouse
-from ml.monitoring.performance import drift_history, performance_history
+from ml.monitoring.performance import (
+    PERFORMANCE_METRICS,
+    drift_history,
+    performance_history,
+)
 from ml.training.metrics import METRICS
 
 log = logging.getLogger(__name__)
-REQUESTS_TABLE = "ml.retrain_requests"
+REQUESTS_TABLE = retrain_requests.fullname
 # Realized performance is averaged over the latest matured dates: one day's labels are too few to judge.
 DECAY_WINDOW_DAYS = 7
 DECAY_MIN_DAYS = 3
-REQUESTS_SCHEMA = pa.schema([
-    ("request_id", pa.string()),
-    ("model_name", pa.string()),
-    ("requested_on", pa.date32()),
-    ("reason", pa.string()),
-    ("detail", pa.string()),
-    ("champion_version", pa.string()),
-    ("requested_at", pa.timestamp("us")),
-])
 
 
 def last_request(settings: Settings, model: str, before: date) -> dict | None:
@@ -39,10 +36,9 @@ def last_request(settings: Settings, model: str, before: date) -> dict | None:
     with Warehouse.connect(settings, read_only=True) as wh:
         if not wh.table_exists(REQUESTS_TABLE):
             return None
-        rows = wh.read_arrow(
-            f"select requested_on, reason from {REQUESTS_TABLE} where model_name = '{model}' "
-            f"and requested_on <= date '{before.isoformat()}' order by requested_on desc limit 1"
-        ).to_pylist()
+        t = retrain_requests.c
+        rows = wh.rows(sa.select(t.requested_on, t.reason).where(t.model_name == model, t.requested_on <= before)
+                       .order_by(t.requested_on.desc()).limit(1))
     return rows[0] if rows else None
 
 
@@ -65,7 +61,7 @@ def check_triggers(spec: ModelSpec, settings: Settings, day: date, *, champion_v
                         {"consecutive_days": policy.consecutive_days, "drift_share": shares,
                          "threshold": policy.drift_share})
     metric = spec.primary_metric
-    if champion_metric is not None and metric in ("roc_auc", "pr_auc", "brier"):
+    if champion_metric is not None and metric in PERFORMANCE_METRICS:
         labelled_through = day - timedelta(days=spec.label.horizon_days)
         realized = [r for r in performance_history(settings, spec.name, until=labelled_through, days=DECAY_WINDOW_DAYS)
                     if r.get(metric) is not None and r.get("model_version") == champion_version]
@@ -85,7 +81,7 @@ def _request(spec: ModelSpec, settings: Settings, day: date, reason: str, champi
     row = {"request_id": f"{spec.name}/{day.isoformat()}", "model_name": spec.name, "requested_on": day,
            "reason": reason, "detail": json.dumps(detail, sort_keys=True), "champion_version": champion,
            "requested_at": datetime.now(timezone.utc).replace(tzinfo=None)}
-    table = pa.Table.from_pylist([row], schema=REQUESTS_SCHEMA)
+    table = pa.Table.from_pylist([row], schema=arrow_schema(retrain_requests))
     with Warehouse.connect(settings) as wh:
         wh.replace_partitions("request_id", row["request_id"], {REQUESTS_TABLE: table})
     log.warning("%s: retraining requested on %s because of %s: %s", spec.name, day, reason, detail)

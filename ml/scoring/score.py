@@ -22,28 +22,21 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
 from ml.core.errors import TidemarkError
 from ml.core.settings import Settings
 from ml.core.spec import FeatureSchema, ModelSpec, Relation, dbt_relation
+from ml.core.sql import named_table
+from ml.core.tables import arrow_schema, predictions
 from ml.core.warehouse import Warehouse
 from ml.registry.champion import champion_version, resolve_champion
-from ml.training.candidates import LightGBMCandidate, load_candidate
-from ml.training.data import to_frame
+from ml.training.candidates import load_candidate
 
 log = logging.getLogger(__name__)
 
-PREDICTIONS_TABLE = "ml.predictions"
-PREDICTIONS_SCHEMA = pa.schema([
-    ("entity_id", pa.string()),
-    ("as_of_date", pa.date32()),
-    ("model_name", pa.string()),
-    ("model_version", pa.string()),
-    ("score", pa.float64()),
-    ("predicted_label", pa.int32()),
-    ("threshold", pa.float64()),
-    ("scored_at", pa.timestamp("us")),
-])
+PREDICTIONS_TABLE = predictions.fullname
+PREDICTIONS_SCHEMA = arrow_schema(predictions)
 # Columns with one value per batch: dictionary-encoded in the shard files. Trying a dictionary on the
 # others (one id and one score per row) would only cost time.
 _REPEATED = ["as_of_date", "model_name", "model_version", "threshold", "scored_at"]
@@ -74,11 +67,12 @@ def score_shard(
     scored_at: datetime | str,
     *,
     version: str | None = None,
+    on_day: Callable[[int, date, int], None] | None = None,
 ) -> dict:
     """Score the rows of entity-hash shard `shard` of `shards` for each day into one Parquet file per day.
 
     Returns the model, version and run, and per day the file and its row count. Rerunning it
-    rewrites the same files.
+    rewrites the same files. `on_day(shard, day, rows)` is called as each day's file is written.
     """
     if not 0 <= shard < shards:
         raise ScoringError(f"shard {shard} is not in [0, {shards})")
@@ -105,6 +99,8 @@ def score_shard(
             log.info("scored %s shard %d/%d: %d rows in %.2f s (%.0f rows/s)", day, shard, shards, rows, seconds,
                      rows / seconds if seconds else 0.0)
             files[day.isoformat()] = {"path": str(path), "rows": rows}
+            if on_day is not None:
+                on_day(shard, day, rows)
     return {"model": spec.name, "version": version, "run_id": run_id, "shard": shard, "shards": shards,
             "scored_at": constants["scored_at"].isoformat(), "days": files}
 
@@ -115,14 +111,17 @@ def run_folder(settings: Settings, run_id: str) -> Path:
 
 
 def _shard_sql(wh: Warehouse, spec: ModelSpec, relation: Relation, schema: FeatureSchema, day: date,
-               shard: int, shards: int) -> str:
+               shard: int, shards: int) -> sa.Select:
     keys = [spec.entity_key] + ([spec.time_column] if spec.time_column else [])
-    cols = ", ".join(dict.fromkeys([*keys, *schema.columns]))
-    where = [f"{spec.time_column} = date '{day.isoformat()}'"] if spec.time_column else []
+    cols = list(dict.fromkeys([*keys, *schema.columns]))
+    features = named_table(relation.qualified, *cols)
+    query = sa.select(*(features.c[c] for c in cols))
+    if spec.time_column:
+        query = query.where(features.c[spec.time_column] == day)
     if shards > 1:
         integer = "int" in relation.columns[spec.entity_key]
-        where.append(f"{wh.bucket_sql(spec.entity_key, shards, integer=integer)} = {shard}")
-    return f"select {cols} from {relation.qualified}" + (" where " + " and ".join(where) if where else "")
+        query = query.where(wh.bucket(features.c[spec.entity_key], shards, integer=integer) == shard)
+    return query
 
 
 def _write_scores(batches, path: Path, model, spec: ModelSpec, day: date, constants: Mapping[str, Any]) -> int:
@@ -165,28 +164,9 @@ def _prediction_batch(batch: pa.RecordBatch, model, spec: ModelSpec, day: date,
 
 
 def predict(model, batch: pa.RecordBatch) -> np.ndarray:
-    """P(label = 1) for each row of an Arrow batch holding the model's feature columns.
-
-    A LightGBM candidate gets its input matrix straight from Arrow, with the same numeric casts and
-    category codes as its `predict_proba`; other kinds go through the DataFrame that `predict_proba` takes.
-    """
-    if isinstance(model, LightGBMCandidate):
-        matrix = _lightgbm_matrix(batch, model.features, model.vocabularies_)
-        return model.booster_.predict(matrix, num_iteration=model.best_iteration_)
-    return model.predict_proba(to_frame(batch, model.features))[:, 1]
-
-
-def _lightgbm_matrix(batch: pa.RecordBatch, schema: FeatureSchema, vocabularies: Mapping[str, list[str]]) -> np.ndarray:
-    """Numerics as float64 (NaN when missing), then categoricals as codes 1..K of their sorted vocabulary
-    (0 when missing or unseen), column-major so that each column is one contiguous copy."""
-    out = np.empty((len(schema.columns), batch.num_rows), dtype=np.float64)
-    for j, col in enumerate(schema.numeric):
-        out[j] = pc.cast(batch.column(col), pa.float64()).to_numpy(zero_copy_only=False)
-    for j, col in enumerate(schema.categorical, start=len(schema.numeric)):
-        codes = pc.index_in(pc.cast(batch.column(col), pa.string()), value_set=pa.array(vocabularies[col], pa.string()))
-        out[j] = pc.fill_null(codes, -1).to_numpy(zero_copy_only=False)
-        out[j] += 1
-    return out.T
+    """P(label = 1) for each row of an Arrow batch holding the model's feature columns: the model's own
+    `predict_proba` on the batch, through the encoding it was trained with."""
+    return model.predict_proba(batch)[:, 1]
 
 
 def _utc_naive(moment: datetime | str) -> datetime:
@@ -257,6 +237,13 @@ def _pause_for_tests(seconds: float) -> Callable[[], None] | None:
 
 
 # -- in one process -------------------------------------------------------------------------------
+def plan_scoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, str], scored_at: datetime | str) -> dict:
+    """The interval with the one champion version and `scored_at` time that every shard and retry of a run uses."""
+    return {"start": interval["start"], "end": interval["end"], "model": spec.name,
+            "version": champion_version(settings, spec.name),
+            "scored_at": scored_at if isinstance(scored_at, str) else scored_at.isoformat()}
+
+
 def score_days(
     spec: ModelSpec,
     settings: Settings,
@@ -266,12 +253,17 @@ def score_days(
     scored_at: datetime | None = None,
     shards: int | None = None,
     version: str | None = None,
+    on_day: Callable[[int, date, int], None] | None = None,
 ) -> dict:
-    """Score and publish `days` with every shard in this process: what the command line and demo run."""
+    """Score and publish `days` with every shard in this process: what the command line and demo run.
+
+    `on_day(shard, day, rows)` is called as each shard finishes each day, before anything is published.
+    """
     version = version or champion_version(settings, spec.name)
     scored_at = scored_at or datetime.now(timezone.utc)
     shards = shards or spec.scoring.shards
-    results = [score_shard(spec, settings, days, s, shards, run_id, scored_at, version=version) for s in range(shards)]
+    results = [score_shard(spec, settings, days, s, shards, run_id, scored_at, version=version, on_day=on_day)
+               for s in range(shards)]
     return publish_predictions(spec, settings, results)
 
 

@@ -103,7 +103,7 @@ def _run(settings: Settings, until: date, started: float) -> dict[str, Any]:
         init_airflow(settings)
     bag = DagBag(dag_folder=str(settings.repo_root / "dags"))
     if bag.import_errors:
-        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+        raise DemoError(f"the DAGs do not import: {bag.import_errors}")
     runs: list[dict[str, Any]] = []
 
     def run(dag_id: str, conf: dict, what: str) -> Any:
@@ -116,7 +116,8 @@ def _run(settings: Settings, until: date, started: float) -> dict[str, Any]:
                      "seconds": round(time.perf_counter() - t0, 1)})
         if str(dag_run.state) != "success":
             failed = sorted(t for t, s in states.items() if s not in ("success", "skipped"))
-            raise RuntimeError(f"{dag_id} run {dag_run.run_id} ended {dag_run.state}; tasks not successful: {failed}")
+            raise DemoError(f"{dag_id} run {dag_run.run_id} ended {dag_run.state}; tasks not successful: {failed}; "
+                            f"their logs are under {settings.airflow_home / 'logs'}")
         return dag_run
 
     first = date.fromisoformat(DEMO_SIM["sim_start"])
@@ -229,17 +230,23 @@ def _reset_registry(uri: str, endpoint: str | None, *, create_bucket: bool) -> N
     console.print(f"registry: {uri} at {where}; removed the {len(keys)} object(s) a previous run left under it")
 
 
-def _rows(settings: Settings, sql: str) -> list[dict]:
+def _rows(settings: Settings, statement) -> list[dict]:
     from ml.core.warehouse import Warehouse
 
     with Warehouse.connect(settings, read_only=True) as wh:
-        return wh.read_arrow(sql).to_pylist()
+        return wh.rows(statement)
 
 
 def _requests(settings: Settings, chunk: dict) -> list[dict]:
-    rows = _rows(settings, "select requested_on, reason from ml.retrain_requests where model_name = 'churn' "
-                           f"and requested_on between date '{chunk['start']}' and date '{chunk['end']}' "
-                           "order by requested_on") if _has(settings, "ml.retrain_requests") else []
+    import sqlalchemy as sa
+
+    from ml.core.tables import retrain_requests as t
+
+    if not _has(settings, t.fullname):
+        return []
+    start, end = date.fromisoformat(chunk["start"]), date.fromisoformat(chunk["end"])
+    rows = _rows(settings, sa.select(t.c.requested_on, t.c.reason)
+                 .where(t.c.model_name == SPEC, t.c.requested_on.between(start, end)).order_by(t.c.requested_on))
     return [{"as_of": str(r["requested_on"])[:10], "reason": r["reason"]} for r in rows]
 
 
@@ -250,32 +257,46 @@ def _has(settings: Settings, table: str) -> bool:
         return wh.table_exists(table)
 
 
+def _daily(horizon_days: int | None):
+    """Per scored day: rows, the dataset drift, and (with `horizon_days`) the realized AUC of that day's labels."""
+    import sqlalchemy as sa
+
+    from ml.core.tables import drift_metrics, model_performance, predictions
+    from ml.monitoring.drift import DATASET_ROW
+
+    p = (sa.select(predictions.c.as_of_date, predictions.c.model_version, sa.func.count().label("rows"))
+         .where(predictions.c.model_name == SPEC)
+         .group_by(predictions.c.as_of_date, predictions.c.model_version).subquery("p"))
+    d, m = drift_metrics.alias("d"), model_performance.alias("m")
+    realized = m.c.roc_auc if horizon_days is not None else sa.cast(sa.null(), sa.Double)
+    joined = p.outerjoin(d, sa.and_(d.c.as_of_date == p.c.as_of_date, d.c.model_name == SPEC,
+                                    d.c.column_name == DATASET_ROW))
+    if horizon_days is not None:
+        joined = joined.outerjoin(m, sa.and_(m.c.as_of_date == p.c.as_of_date - horizon_days, m.c.model_name == SPEC))
+    return (sa.select(p.c.as_of_date, p.c.model_version, p.c.rows, d.c.drift_share, d.c.dataset_drift,
+                      realized.label("realized_roc_auc"))
+            .select_from(joined).order_by(p.c.as_of_date))
+
+
 def _summary(settings: Settings, runs: list[dict], first: date, until: date) -> dict[str, Any]:
+    import sqlalchemy as sa
+
     from ml.core.spec import load_spec
+    from ml.core.tables import model_performance, model_promotions, retrain_requests
     from ml.registry import Registry
 
     registry = Registry.from_settings(settings)
     history = registry.alias(SPEC, "champion").history
     versions = {v.version: v.manifest for v in registry.versions(SPEC)}
-    promotions = _rows(settings, "select candidate_version, candidate, decision, reasons, champion_version, "
-                                 "challenger_metric, champion_metric, diff_ci_low, diff_ci_high "
-                                 "from ml.model_promotions order by candidate_version")
+    promotions = _rows(settings, sa.select(*(model_promotions.c[c] for c in (
+        "candidate_version", "candidate", "decision", "reasons", "champion_version", "challenger_metric",
+        "champion_metric", "diff_ci_low", "diff_ci_high"))).order_by(model_promotions.c.candidate_version))
     # ml.model_performance appears once the first scored day's labels mature: not in a short demo.
-    matured = _has(settings, "ml.model_performance")
-    daily = _rows(settings, """
-        select p.as_of_date, p.model_version, p.rows, d.drift_share,
-               d.dataset_drift, {realized} as realized_roc_auc
-        from (select as_of_date, model_version, count(*) as rows from ml.predictions
-              where model_name = 'churn' group by 1, 2) p
-        left join ml.drift_metrics d
-          on d.as_of_date = p.as_of_date and d.model_name = 'churn' and d.column_name = '__dataset__'
-        {performance}
-        order by p.as_of_date
-    """.format(realized="m.roc_auc" if matured else "cast(null as float)", performance=(
-        f"left join ml.model_performance m on m.as_of_date = p.as_of_date - {load_spec(SPEC).label.horizon_days} "
-        "and m.model_name = 'churn'") if matured else ""))
-    requests = _rows(settings, "select requested_on, reason, detail from ml.retrain_requests order by requested_on") \
-        if _has(settings, "ml.retrain_requests") else []
+    matured = _has(settings, model_performance.fullname)
+    daily = _rows(settings, _daily(load_spec(SPEC).label.horizon_days if matured else None))
+    requests = _rows(settings, sa.select(retrain_requests.c.requested_on, retrain_requests.c.reason,
+                                         retrain_requests.c.detail).order_by(retrain_requests.c.requested_on)) \
+        if _has(settings, retrain_requests.fullname) else []
     return {
         "days": (until - first).days + 1,
         "simulation": {**DEMO_SIM, "history_end": str(until)},

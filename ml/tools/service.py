@@ -130,7 +130,8 @@ def service_env(settings: Settings, cfg: ServiceConfig) -> dict[str, str]:
     passwords_file = folder / "passwords.json"  # what Airflow's simple auth manager reads
     _write_private(passwords_file, json.dumps({user: password}))
     env = {
-        **settings.dbt_env(),
+        # No password here: Cosmos tasks get it from the connection in airflow_env, run_dbt from the URL.
+        **settings.dbt_env(secrets=False),
         **settings.airflow_env(),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if cfg.profile == "celery" else "LocalExecutor",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{cfg.url}/execution/",

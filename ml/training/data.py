@@ -13,6 +13,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import sqlalchemy as sa
 
 from ml.core.errors import TidemarkError
 from ml.core.settings import Settings
@@ -24,7 +25,9 @@ from ml.core.spec import (
     dbt_relation,
     feature_schema,
 )
+from ml.core.sql import named_table
 from ml.core.warehouse import Warehouse
+from ml.training.encoding import feature_columns
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "validation", "test")
@@ -65,21 +68,21 @@ def relations(spec: ModelSpec, settings: Settings) -> tuple[Relation, Relation, 
     return features, labels, feature_schema(spec, features)
 
 
-def training_sql(spec: ModelSpec, features: Relation, labels: Relation, schema: FeatureSchema, as_of: date | None) -> str:
+def training_sql(spec: ModelSpec, features: Relation, labels: Relation, schema: FeatureSchema,
+                 as_of: date | None) -> sa.Select:
     """One query for every labelled row known at `as_of`: label time plus horizon on or before it."""
     keys = [spec.entity_key] + ([spec.time_column] if spec.time_column else [])
     extra = [c for c in spec.segments if c not in schema.columns]
-    cols = ", ".join(f"f.{c}" for c in [*keys, *schema.columns, *extra])
-    joined = labels.name != features.name
-    lab = "l" if joined else "f"
-    sql = f"select {cols}, {lab}.{spec.label.column} as {LABEL} from {features.qualified} f"
-    if joined:
-        sql += f" join {labels.qualified} l on " + " and ".join(f"l.{k} = f.{k}" for k in keys)
-    sql += f" where {lab}.{spec.label.column} is not null"
+    cols = list(dict.fromkeys([*keys, *schema.columns, *extra]))
+    label = spec.label.column
+    f = named_table(features.qualified, *cols, label).alias("f")
+    lab = named_table(labels.qualified, *keys, label).alias("l") if labels.name != features.name else f
+    query = sa.select(*(f.c[c] for c in cols), lab.c[label].label(LABEL)).where(lab.c[label].is_not(None))
+    if lab is not f:
+        query = query.select_from(f.join(lab, sa.and_(*(lab.c[k] == f.c[k] for k in keys))))
     if as_of is not None and spec.time_column:
-        cutoff = as_of - timedelta(days=spec.label.horizon_days)
-        sql += f" and f.{spec.time_column} <= date '{cutoff.isoformat()}'"
-    return sql + " order by " + ", ".join(f"f.{k}" for k in keys)
+        query = query.where(f.c[spec.time_column] <= as_of - timedelta(days=spec.label.horizon_days))
+    return query.order_by(*(f.c[k] for k in keys))
 
 
 def extract(spec: ModelSpec, settings: Settings, directory: Path, *, as_of: date | None = None) -> Extract:
@@ -171,15 +174,13 @@ def load_split(extract_: Extract, name: str) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def to_frame(table: pa.Table, schema: FeatureSchema, *, keep: tuple[str, ...] = ()) -> pd.DataFrame:
-    """Arrow to the frame models expect; `keep` carries extra columns (keys, segments) through unchanged."""
+    """Arrow to a frame of the feature columns as models encode them (ml.training.encoding: numerics float64
+    with NaN, categoricals str with None); `keep` carries extra columns (keys, segments) through unchanged."""
     missing = [c for c in schema.columns if c not in table.column_names]
     if missing:
         raise DataError(f"columns {missing} are missing from the rows read")
-    frame = pd.DataFrame(index=range(table.num_rows))
-    for col in schema.numeric:
-        frame[col] = pc.cast(table[col], pa.float64()).to_numpy(zero_copy_only=False)
-    for col in schema.categorical:
-        frame[col] = pd.Series(pc.cast(table[col], pa.string()).to_pylist(), dtype=object)
+    columns = feature_columns(table, schema)
+    frame = pd.DataFrame({col: columns.column(col).to_numpy() for col in schema.columns}, index=range(table.num_rows))
     for col in keep:
         if col not in frame:
             frame[col] = table[col].to_pandas()

@@ -29,6 +29,7 @@ from sklearn.metrics import (
 )
 
 from ml.core.errors import TidemarkError
+from ml.core.metric_names import SCORE_METRICS
 
 MISSING_SEGMENT = "<missing>"
 THRESHOLD_STRATEGIES = ("max_f1", "fixed")
@@ -47,12 +48,14 @@ class Metric:
     higher_is_better: bool
 
 
-METRICS: dict[str, Metric] = {
-    "roc_auc": Metric("roc_auc", roc_auc_score, higher_is_better=True),
-    "pr_auc": Metric("pr_auc", average_precision_score, higher_is_better=True),
-    "log_loss": Metric("log_loss", partial(log_loss, labels=[0, 1]), higher_is_better=False),
-    "brier": Metric("brier", partial(brier_score_loss, pos_label=1), higher_is_better=False),
+_SCORERS: dict[str, Callable[..., float]] = {
+    "roc_auc": roc_auc_score,
+    "pr_auc": average_precision_score,
+    "log_loss": partial(log_loss, labels=[0, 1]),
+    "brier": partial(brier_score_loss, pos_label=1),
 }
+# The names and directions are the ones a spec may name (ml.core.metric_names); this adds the functions.
+METRICS: dict[str, Metric] = {name: Metric(name, _SCORERS[name], higher) for name, higher in SCORE_METRICS.items()}
 RANKING_METRICS = ("roc_auc", "pr_auc")  # undefined unless both classes are present
 
 

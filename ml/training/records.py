@@ -12,25 +12,10 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 from ml.core.settings import Settings
+from ml.core.tables import arrow_schema, model_promotions
 from ml.core.warehouse import Warehouse
 
-PROMOTIONS_TABLE = "ml.model_promotions"
-PROMOTIONS_SCHEMA = pa.schema([
-    ("promotion_id", pa.string()),
-    ("model_name", pa.string()),
-    ("candidate", pa.string()),
-    ("candidate_version", pa.string()),
-    ("champion_version", pa.string()),
-    ("decision", pa.string()),
-    ("primary_metric", pa.string()),
-    ("challenger_metric", pa.float64()),
-    ("champion_metric", pa.float64()),
-    ("diff_ci_low", pa.float64()),
-    ("diff_ci_high", pa.float64()),
-    ("reasons", pa.string()),
-    ("decided_at", pa.timestamp("us")),
-    ("run_id", pa.string()),
-])
+PROMOTIONS_TABLE = model_promotions.fullname
 
 
 def record_promotion(settings: Settings, row: dict) -> None:
@@ -41,6 +26,7 @@ def record_promotion(settings: Settings, row: dict) -> None:
         "reasons": json.dumps(list(row["reasons"])),
         "decided_at": row.get("decided_at") or datetime.now(timezone.utc).replace(tzinfo=None),
     }
-    table = pa.Table.from_pylist([{name: row.get(name) for name in PROMOTIONS_SCHEMA.names}], schema=PROMOTIONS_SCHEMA)
+    schema = arrow_schema(model_promotions)
+    table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names}], schema=schema)
     with Warehouse.connect(settings) as wh:
         wh.replace_partitions("promotion_id", row["promotion_id"], {PROMOTIONS_TABLE: table})

@@ -9,8 +9,14 @@ import sys
 
 import pytest
 
-from ml.core.settings import REPO_ROOT, Settings, parse_warehouse_url
-from ml.features.cosmos import ManifestMissing, require_manifest
+from ml.core.settings import (
+    REPO_ROOT,
+    WAREHOUSE_CONN_ID,
+    WAREHOUSE_CONN_VARIABLE,
+    Settings,
+    parse_warehouse_url,
+)
+from ml.features.cosmos import ManifestMissing, require_manifest, warehouse_profile
 from ml.orchestration.bootstrap import POOLS, WAREHOUSE_POOL
 
 DAGS_DIR = REPO_ROOT / "dags"
@@ -58,14 +64,15 @@ started = time.perf_counter()
 bag = DagBag({str(DAGS_DIR)!r})
 seconds = time.perf_counter() - started
 from cosmos import telemetry
+profile = bag.dags["build_features"].get_task("dbt.stg_simulator__customers_model_build").profile_config
 json.dump({{
     "errors": bag.import_errors,
     "dags": sorted(bag.dag_ids),
     "seconds": seconds,
     "heavy": sorted(m for m in {HEAVY_MODULES!r} if m in sys.modules),
     "cosmos_telemetry": telemetry.should_emit(),
-    "target": bag.dags["build_features"].get_task("dbt.stg_simulator__customers_model_build")
-              .profile_config.target_name,
+    "target": profile.target_name,
+    "conn_id": profile.profile_mapping.conn_id,
 }}, open({str(out)!r}, "w"))
 """
     env = {
@@ -73,6 +80,7 @@ json.dump({{
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'missing' / 'airflow.db'}",
         "TIDEMARK_WAREHOUSE_URL": "postgresql://nobody:secret@127.0.0.1:9/nowhere",
     }
+    env.pop(WAREHOUSE_CONN_VARIABLE, None)  # parsing never looks the connection up
     proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -81,32 +89,56 @@ json.dump({{
     assert result["heavy"] == []
     assert result["seconds"] < 5, f"parsing dags/ took {result['seconds']:.1f}s"
     assert result["cosmos_telemetry"] is False
-    assert result["target"] == "postgres"
+    assert (result["target"], result["conn_id"]) == ("postgres", WAREHOUSE_CONN_ID)
 
 
-def test_a_warehouse_password_stays_out_of_every_serialized_dag_and_still_reaches_dbt(tmp_path):
-    """Parse the DAGs against a password-protected warehouse URL in a fresh interpreter."""
+def test_a_warehouse_password_stays_out_of_the_environment_and_every_serialized_dag_and_reaches_dbt(tmp_path):
+    """Parse the DAGs against a password-protected warehouse in a fresh interpreter, then render the
+    profile that a dbt task hands dbt, as Cosmos does when the task runs."""
     secret = "s3cret-Pw-91"
+    url = f"postgresql://tidemark:{secret}@db.example:5432/warehouse"
     code = f"""
-import json
+import json, os, yaml
 from airflow.dag_processing.dagbag import DagBag
 from airflow.serialization.serialized_objects import DagSerialization
+before = dict(os.environ)
 bag = DagBag({str(DAGS_DIR)!r})
+changed = sorted(k for k in {{*before, *os.environ}} if before.get(k) != os.environ.get(k))
 task = next(t for t in bag.dags["build_features"].tasks if t.task_id.startswith("dbt."))
 serialized = [json.dumps(DagSerialization.to_dict(dag)) for dag in bag.dags.values()]
+with task.profile_config.ensure_profile() as (path, dbt_env):
+    profile = yaml.safe_load(path.read_text())["tidemark"]["outputs"]["postgres"]
 print(json.dumps({{"errors": list(bag.import_errors), "serialized": "\\n".join(serialized), "dags": len(serialized),
-                   "dbt_env": {{k: str(v) for k, v in task.get_env({{}}).items()}}}}))
+                   "changed": changed, "profile": profile, "dbt_env": dbt_env, "task_env": task.env}}))
 """
-    env = {**os.environ, "TIDEMARK_HOME": str(tmp_path),
-           "TIDEMARK_WAREHOUSE_URL": f"postgresql://tidemark:{secret}@db.example:5432/warehouse"}
+    cache = tmp_path / "cosmos_cache"
+    env = {**os.environ, "TIDEMARK_HOME": str(tmp_path), "TIDEMARK_WAREHOUSE_URL": url,
+           "AIRFLOW__COSMOS__CACHE_DIR": str(cache), WAREHOUSE_CONN_VARIABLE: Settings.from_env(
+               {"TIDEMARK_WAREHOUSE_URL": url}).airflow_env()[WAREHOUSE_CONN_VARIABLE]}
     env.pop("TIDEMARK_PG_PASSWORD", None)
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     parsed = json.loads(proc.stdout.strip().splitlines()[-1])
     assert parsed["errors"] == [] and parsed["dags"] == len(DAG_IDS)
-    assert "db.example" in parsed["serialized"] and secret not in parsed["serialized"]
-    assert parsed["dbt_env"]["TIDEMARK_PG_PASSWORD"] == secret
-    assert parsed["dbt_env"]["TIDEMARK_PG_HOST"] == "db.example"
+    assert parsed["changed"] == [], "parsing the DAGs changed os.environ"
+    assert secret not in parsed["serialized"] and secret not in json.dumps(parsed["task_env"])
+    # the profile names the user and database and refers to the password, which only dbt's environment holds
+    password_var = "COSMOS_CONN_POSTGRES_PASSWORD"
+    assert parsed["profile"] == {"type": "postgres", "host": "db.example", "port": 5432, "user": "tidemark",
+                                 "dbname": "warehouse", "schema": "public", "threads": 2,
+                                 "password": f"{{{{ env_var('{password_var}') }}}}"}
+    assert parsed["dbt_env"] == {password_var: secret}
+    written = [p for p in cache.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if secret in p.read_text(errors="replace")]
+
+
+def test_a_warehouse_user_without_a_password_hands_dbt_an_empty_one(monkeypatch):
+    """Trust or peer authentication: the dbt tasks still get a profile (Cosmos' mapping alone refuses)."""
+    settings = Settings.from_env({"TIDEMARK_WAREHOUSE_URL": "postgresql://postgres@127.0.0.1:5432/w"})
+    monkeypatch.setenv(WAREHOUSE_CONN_VARIABLE, settings.airflow_env()[WAREHOUSE_CONN_VARIABLE])
+    mapping = warehouse_profile(settings).profile_mapping
+    assert mapping.env_vars == {"COSMOS_CONN_POSTGRES_PASSWORD": ""}
+    assert (mapping.profile["user"], mapping.profile["dbname"]) == ("postgres", "w")
 
 
 def test_build_features_has_one_dbt_build_task_per_model(dagbag, manifest):

@@ -1,18 +1,24 @@
 """The DAGs for real: dag.test() runs of ingest_raw, then build_features, on a small simulated history.
 
 Both run against the session's throwaway TIDEMARK_HOME (tests/conftest.py): Airflow's SQLite metadata
-DB and a DuckDB warehouse. Every dbt node runs as its own task, in its own dbt process.
+DB and a DuckDB warehouse; once more on PostgreSQL, as a user that has a password. Every dbt node runs
+as its own task, in its own dbt process.
 """
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
+import yaml
 
+from ml.core.settings import Settings, parse_warehouse_url
 from ml.core.warehouse import Warehouse
 from ml.features.marts import describe_marts
-from tests.fixtures import parsed_dags
+from tests.fixtures import PG_ADMIN_DSN, create_database, drop_database, parsed_dags
 
 SIM = {"seed": 11, "customers": 300, "sim_start": "2025-01-01", "drift_date": "2025-01-25"}
 BACKFILL = {"start": "2025-01-01", "end": "2025-02-09"}  # 40 days
@@ -131,3 +137,62 @@ def test_a_bad_raw_row_stops_the_build_at_its_source_test_and_publishes_nothing(
     assert _feature_rows(airflow_settings, BAD_DAYS) == 0
     assert _asset_events("features", build.run_id) == []
     assert "Failure in test source_unique_simulator_customers_customer_id" in caplog.text
+
+
+@pytest.fixture
+def password_warehouse(tmp_path) -> Iterator[tuple[Settings, str]]:
+    """A fresh PostgreSQL database owned by a new login role with a password; both dropped afterwards."""
+    import psycopg
+    from psycopg import sql
+
+    role, password, database = f"tidemark_{uuid.uuid4().hex[:10]}", f"pw-{uuid.uuid4().hex}", create_database()
+    try:
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(sql.SQL("create role {} login password {}").format(
+                sql.Identifier(role), sql.Literal(password)))
+            admin.execute(sql.SQL("alter database {} owner to {}").format(
+                sql.Identifier(database), sql.Identifier(role)))
+        url = f"postgresql://{role}:{password}@127.0.0.1:5432/{database}"
+        yield Settings(home=tmp_path, warehouse=parse_warehouse_url(url)), password
+    finally:
+        drop_database(database)
+        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
+
+
+@pytest.mark.postgres
+def test_build_features_on_postgresql_hands_dbt_the_connections_user_and_password(
+    airflow_settings, password_warehouse, monkeypatch
+):
+    """The password reaches every dbt process through the `tidemark_warehouse` connection.
+
+    The server trusts local connections, so it would accept any password: the test records what each
+    dbt process is given (its environment and the profile it reads) and checks who owns the marts.
+    """
+    from cosmos.hooks.subprocess import FullOutputSubprocessHook
+
+    settings, password = password_warehouse
+    given, run_command = [], FullOutputSubprocessHook.run_command
+
+    def recording(self, command, env=None, **kwargs):
+        profiles = Path(command[command.index("--profiles-dir") + 1]) / "profiles.yml"
+        profile = yaml.safe_load(profiles.read_text())["tidemark"]["outputs"]["postgres"]
+        given.append((profile["user"], profile["password"], (env or {}).get("COSMOS_CONN_POSTGRES_PASSWORD")))
+        return run_command(self, command, env=env, **kwargs)
+
+    monkeypatch.setattr(FullOutputSubprocessHook, "run_command", recording)
+    days = {"start": "2025-01-01", "end": "2025-01-07"}
+    with parsed_dags(settings) as dags:
+        ingest = dags["ingest_raw"].test(run_conf={**SIM, **days})
+        assert ingest.state == "success", _states(ingest)
+        build = dags["build_features"].test(run_conf=days)
+
+    states = _states(build)
+    assert build.state == "success", {t: s for t, s in states.items() if s != "success"}
+    role = settings.warehouse.user
+    dbt_tasks = [t for t in dags["build_features"].task_ids if t.startswith("dbt.")]
+    assert given == [(role, "{{ env_var('COSMOS_CONN_POSTGRES_PASSWORD') }}", password)] * len(dbt_tasks)
+    as_of_days = _scalar(settings, f"select count(distinct as_of_date) from {FEATURES}")
+    owner = _scalar(settings, "select tableowner from pg_tables "
+                              "where schemaname = 'marts' and tablename = 'customer_features_daily'")
+    assert (as_of_days, owner) == (7, role)

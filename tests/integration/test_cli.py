@@ -1,14 +1,25 @@
-"""`python -m ml registry ...`: list, show, promote by hand and roll back in one command."""
+"""`python -m ml`: the registry commands, one short message for a user's error, and `score` and `monitor`
+running the steps of the score_batch and monitor_model DAGs on the scoring tests' trained world."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from datetime import date
 
 import pytest
 from typer.testing import CliRunner
 
-from ml.cli.app import app
+import ml.monitoring.steps
+import ml.scoring.score
+from ml.cli import app
+from ml.core.settings import REPO_ROOT
+from ml.core.warehouse import Warehouse
+from ml.monitoring.drift import DATASET_ROW
 from ml.registry import Registry
+from tests.integration.test_scoring import world  # noqa: F401  (simulated, features built, a champion trained)
 
 
 @pytest.fixture
@@ -58,3 +69,138 @@ def test_promoting_a_version_that_does_not_exist_is_refused_and_changes_nothing(
     assert result.exit_code == 2
     assert "v0009" in result.output
     assert registry_env.alias("churn").version == "v0003"
+
+
+# -- errors ---------------------------------------------------------------------------------------
+@pytest.fixture
+def empty_home(tmp_path, monkeypatch):
+    """TIDEMARK_* pointing at an empty home: no warehouse tables, no registry versions."""
+    monkeypatch.setenv("TIDEMARK_HOME", str(tmp_path))
+    for name in ("TIDEMARK_WAREHOUSE_URL", "TIDEMARK_REGISTRY_URI", "TIDEMARK_MODEL_SPEC"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.mark.parametrize("args, message", [
+    (["score", "--spec", "nosuch", "--date", "2025-03-01"], "error: model spec 'nosuch' not found"),
+    (["registry", "show", "nosuch"], "error: model 'nosuch' has no champion in the registry"),
+    (["monitor", "--date", "2025-03-01"], "error: 'churn' has no champion to monitor"),
+])
+def test_a_user_error_is_one_line_on_stderr_and_exit_code_2(empty_home, args, message):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert result.stdout == ""
+
+
+def test_a_bad_date_is_a_usage_error_naming_the_option(empty_home):
+    result = CliRunner().invoke(app, ["monitor", "--start", "2025-03-01", "--end", "2025-13-01"])
+    assert result.exit_code == 2
+    shown = " ".join(result.stderr.replace("│", " ").split())
+    assert "Invalid value for --end: '2025-13-01' is not a date; use YYYY-MM-DD" in shown
+    both = CliRunner().invoke(app, ["score", "--date", "2025-03-01", "--start", "2025-03-01"])
+    assert both.exit_code == 2 and "not both" in both.stderr
+
+
+def test_debug_shows_the_traceback_of_a_user_error(empty_home):
+    env = {**os.environ, "TIDEMARK_HOME": str(empty_home)}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "ml", *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    quiet = run("registry", "show", "nosuch")
+    assert quiet.returncode == 2 and "Traceback" not in quiet.stderr
+    assert quiet.stderr.startswith("error: model 'nosuch' has no champion"), quiet.stderr
+    loud = run("--debug", "registry", "show", "nosuch")
+    assert loud.returncode == 1
+    assert "Traceback" in loud.stderr and "NoChampion" in loud.stderr and "champion_version" in loud.stderr
+
+
+def test_an_unexpected_exception_is_not_dressed_up_as_a_user_error(empty_home, monkeypatch):
+    import ml.registry.champion
+
+    def broken(settings, model):
+        raise KeyError("a defect")
+
+    monkeypatch.setattr(ml.registry.champion, "champion_version", broken)
+    result = CliRunner().invoke(app, ["registry", "show", "churn"])
+    assert isinstance(result.exception, KeyError) and result.exit_code == 1
+    assert "error:" not in result.output
+
+
+# -- score and monitor on a trained world ---------------------------------------------------------
+SCORED = (date(2025, 2, 24), date(2025, 3, 10))  # the monitored day and the day one 14-day horizon before it
+
+
+@pytest.fixture
+def world_env(request, monkeypatch):
+    """The command line pointed at the scoring tests' world; `returned` records what score/monitor functions give."""
+    trained = request.getfixturevalue("world")
+    settings = trained["settings"]
+    for key, value in {"TIDEMARK_HOME": str(settings.home), "TIDEMARK_WAREHOUSE_URL": settings.warehouse.url,
+                       "TIDEMARK_REGISTRY_URI": settings.registry_uri}.items():
+        monkeypatch.setenv(key, value)
+    returned = {}
+    for module, name in ((ml.scoring.score, "score_days"), (ml.monitoring.steps, "monitor_days")):
+        def recording(*args, _real=getattr(module, name), _name=name, **kwargs):
+            returned[_name] = _real(*args, **kwargs)
+            return returned[_name]
+        monkeypatch.setattr(module, name, recording)
+    return {**trained, "returned": returned}
+
+
+def _line_with(output: str, text: str) -> str:
+    """The last line of `output` that holds `text`: a summary table's row, printed after the progress log."""
+    return [line for line in output.splitlines() if text in line][-1]
+
+
+def _rows(settings, sql: str) -> list[dict]:
+    with Warehouse.connect(settings, read_only=True) as wh:
+        return wh.read_arrow(sql).to_pylist()
+
+
+def test_score_runs_the_score_batch_steps_and_prints_the_version_and_rows(world_env):
+    settings = world_env["settings"]
+    result = CliRunner().invoke(app, ["score", "--spec", str(world_env["spec_path"]),
+                                      "--start", SCORED[0].isoformat(), "--end", SCORED[1].isoformat()])
+    assert result.exit_code == 0, result.output
+    published = world_env["returned"]["score_days"]
+    assert published["version"] == "v0001" and len(published["rows"]) == (SCORED[1] - SCORED[0]).days + 1
+    assert "shard 0/2: " in result.output and "shard 1/2: " in result.output
+    stored = {str(r["day"]): r for r in _rows(settings, "select as_of_date as day, count(*) as n, "
+                                                       "min(model_version) as lo, max(model_version) as hi "
+                                                       "from ml.predictions group by as_of_date")}
+    for day, rows in published["rows"].items():
+        assert rows > 300 and (stored[day]["n"], stored[day]["lo"], stored[day]["hi"]) == (rows, "v0001", "v0001")
+        line = _line_with(result.output, f" {day} ")
+        assert f"{rows:,}" in line and "v0001" in line, line
+    assert f"{sum(published['rows'].values()):,} rows of churn v0001 published" in result.output
+    mart = _rows(settings, "select count(*) as n from marts.customer_churn_scores_latest")[0]["n"]
+    customers = _rows(settings, "select count(distinct entity_id) as n from ml.predictions")[0]["n"]
+    assert mart == customers > 300
+
+
+def test_monitor_runs_the_monitor_model_steps_and_prints_drift_and_realized_metrics(world_env):
+    settings, day = world_env["settings"], SCORED[1].isoformat()
+    scored = CliRunner().invoke(app, ["score", "--spec", str(world_env["spec_path"]), "--start",
+                                      SCORED[0].isoformat(), "--end", day, "--no-mart"])
+    assert scored.exit_code == 0 and "scores mart left as it was (--no-mart)" in scored.output, scored.output
+    result = CliRunner().invoke(app, ["monitor", "--spec", str(world_env["spec_path"]), "--date", day])
+    assert result.exit_code == 0, result.output
+    watched = world_env["returned"]["monitor_days"]
+    assert watched["version"] == "v0001" and [d["as_of_date"] for d in watched["drift"]] == [day]
+    drift = watched["drift"][0]
+    stored = _rows(settings, f"select model_version, drift_share from ml.drift_metrics where as_of_date = "
+                             f"date '{day}' and column_name = '{DATASET_ROW}'")
+    assert stored == [{"model_version": "v0001", "drift_share": pytest.approx(drift["drift_share"])}]
+    line = _line_with(result.output, f" {day} ")
+    assert f"{drift['drift_share']:.2f}" in line and ("DRIFT" if drift["dataset_drift"] else "stable") in line
+    assert f"report {day}: {drift['report_html']}" in result.output
+    [realized] = watched["performance"]
+    assert realized["as_of_date"] == SCORED[0].isoformat() and realized["model_version"] == "v0001"
+    assert f"{realized['roc_auc']:.4f}" in _line_with(result.output, f" {SCORED[0]} ")
+    request = watched["request"]
+    assert ("no retrain requested" if request is None else f"because of {request['reason']}") in result.output

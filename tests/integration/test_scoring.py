@@ -266,10 +266,11 @@ def _failing_after_one_batch(stream):
 
 
 def test_scoring_without_a_champion_says_to_train_first(tmp_path, world):
-    from ml.scoring.score import ScoringError, score_days
+    from ml.registry.champion import NoChampion
+    from ml.scoring.score import score_days
 
     settings = Settings(home=tmp_path, warehouse=world["settings"].warehouse)
-    with pytest.raises(ScoringError, match=r"model 'churn' has no champion .* train one first"):
+    with pytest.raises(NoChampion, match=r"model 'churn' has no champion .* train one first"):
         score_days(world["spec"], settings, [DAY], "no-champion")
 
 

@@ -8,15 +8,12 @@ import pyarrow as pa
 import pytest
 
 from ml.core.spec import load_spec
+from ml.core.tables import arrow_schema, drift_metrics, model_performance
 from ml.core.warehouse import Warehouse
-from ml.monitoring.drift import (
-    DATASET_ROW,
-    DRIFT_METRICS,
-    DRIFT_SCHEMA,
-    MODEL_PERFORMANCE,
-)
-from ml.monitoring.performance import PERFORMANCE_SCHEMA
+from ml.monitoring.drift import DATASET_ROW, DRIFT_METRICS, MODEL_PERFORMANCE
 from ml.monitoring.triggers import check_triggers
+
+DRIFT_SCHEMA, PERFORMANCE_SCHEMA = arrow_schema(drift_metrics), arrow_schema(model_performance)
 
 D0 = date(2025, 3, 1)
 SPEC = load_spec("churn")  # horizon 30, consecutive_days 2, cooldown 14, decay_tolerance 0.05

@@ -11,6 +11,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import f1_score, precision_score, recall_score, roc_auc_score
 
+from ml.core.metric_names import FLOOR_METRICS, SCORE_METRICS
 from ml.training.metrics import (
     METRICS,
     MetricError,
@@ -114,6 +115,16 @@ def test_score_matches_sklearn_and_is_nan_when_undefined() -> None:
     assert not METRICS["log_loss"].higher_is_better and METRICS["pr_auc"].higher_is_better
     assert np.isnan(score("roc_auc", np.zeros(10, int), np.linspace(0, 1, 10)))
     assert score("brier", np.zeros(4, int), np.full(4, 0.5)) == pytest.approx(0.25)
+
+
+def test_metrics_agree_with_the_names_a_spec_may_use_and_their_directions() -> None:
+    assert {name: m.higher_is_better for name, m in METRICS.items()} == dict(SCORE_METRICS)
+    y, p = _logistic_data(4000, seed=16)
+    noisy = np.clip(p + np.random.default_rng(17).normal(0, 0.3, 4000), 0.0, 1.0)
+    good, bad = evaluate(y, p, threshold=0.3), evaluate(y, noisy, threshold=0.3)
+    for name, higher_is_better in FLOOR_METRICS.items():  # every floor names a number evaluate() reports
+        assert isinstance(good[name], float), name
+        assert (good[name] > bad[name]) is higher_is_better, name  # the better model scores better by the table
 
 
 # --- segments --------------------------------------------------------------------------------

@@ -230,6 +230,23 @@ def test_settings_accept_the_deployment_environment(values):
     assert (REPO_ROOT / "ml" / "specs" / f"{env['TIDEMARK_MODEL_SPEC']}.yaml").exists()
 
 
+def test_workers_get_the_warehouse_connection_that_local_airflow_gets_from_the_same_secret(values, monkeypatch):
+    """dbt tasks read the warehouse from an Airflow connection; the chart defines it from the URL's Secret."""
+    from airflow.sdk import BaseHook
+
+    from ml.core.settings import WAREHOUSE_CONN_ID, WAREHOUSE_CONN_VARIABLE
+
+    sources = {s["envName"]: (s["secretName"], s["secretKey"]) for s in values["secret"]}
+    assert sources[WAREHOUSE_CONN_VARIABLE] == sources["TIDEMARK_WAREHOUSE_URL"]
+    url = "postgresql://tidemark:pw@warehouse:5432/tidemark"
+    connections = []
+    for value in (url, Settings.from_env({"TIDEMARK_WAREHOUSE_URL": url}).airflow_env()[WAREHOUSE_CONN_VARIABLE]):
+        monkeypatch.setenv(WAREHOUSE_CONN_VARIABLE, value)
+        conn = BaseHook.get_connection(WAREHOUSE_CONN_ID)
+        connections.append((conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.schema))
+    assert connections[0] == connections[1] == ("postgres", "warehouse", 5432, "tidemark", "pw", "tidemark")
+
+
 def test_workers_assume_the_registry_role_through_irsa(values):
     celery = values["workers"]["celery"]
     accounts = [celery["serviceAccount"], *(s["serviceAccount"] for s in gpu_sets(values))]

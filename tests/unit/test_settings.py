@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from ml.core.settings import REPO_ROOT, Settings, SettingsError, parse_warehouse_url
+from ml.core.settings import (
+    REPO_ROOT,
+    WAREHOUSE_CONN_ID,
+    WAREHOUSE_CONN_VARIABLE,
+    Settings,
+    SettingsError,
+    parse_warehouse_url,
+)
 
 
 def test_defaults_live_under_the_repo_var_folder():
@@ -75,3 +82,15 @@ def test_dbt_env_without_secrets_leaves_out_only_the_password():
     assert full["TIDEMARK_PG_PASSWORD"] == "pa:ss"
     assert "TIDEMARK_PG_PASSWORD" not in public
     assert {k: v for k, v in full.items() if k != "TIDEMARK_PG_PASSWORD"} == public
+
+
+def test_airflow_env_defines_the_warehouse_connection_that_airflow_reads(monkeypatch):
+    from airflow.sdk import BaseHook
+
+    assert WAREHOUSE_CONN_VARIABLE not in Settings.from_env({}).airflow_env()  # DuckDB: dbt reads profiles.yml
+    pg = Settings.from_env({"TIDEMARK_WAREHOUSE_URL": "postgresql://ana:p%40ss%3Aw%2Frd@db.example:6543/sales"})
+    monkeypatch.setenv(WAREHOUSE_CONN_VARIABLE, pg.airflow_env()[WAREHOUSE_CONN_VARIABLE])
+    conn = BaseHook.get_connection(WAREHOUSE_CONN_ID)
+    assert (conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.schema) == (
+        "postgres", "db.example", 6543, "ana", "p@ss:w/rd", "sales",
+    )

@@ -37,7 +37,13 @@ def test_every_shipped_spec_is_valid():
         (lambda d: d.pop("entity_key"), "entity_key", "Field required"),
         (lambda d: d["candidates"][0].update(kind="xgboost"), "candidates.0.kind", "lightgbm"),
         (lambda d: d["split"].update(gap_days=3), "(top level)", "labels would leak"),
-        (lambda d: d.update(primary_metric="accuracy"), "primary_metric", "roc_auc"),
+        (lambda d: d.update(primary_metric="accuracy"), "primary_metric",
+         "unknown metric 'accuracy'; the primary metric is one of roc_auc, pr_auc, log_loss, brier"),
+        (lambda d: d.update(primary_metric="f1"), "primary_metric", "one of roc_auc, pr_auc, log_loss, brier"),
+        (lambda d: d["promotion"].update(floors={"roc_auc": 0.6, "auc": 0.7, "accuracy": 0.8}), "promotion.floors",
+         "unknown metric(s) ['accuracy', 'auc']; floors may name roc_auc, pr_auc, log_loss, brier, precision, "
+         "recall, f1, lift_top_decile"),
+        (lambda d: d["promotion"].update(floors={"ece": 0.05}), "promotion.floors", "its own bound, max_ece"),
         (lambda d: d["features"].update(relation="drop table x"), "features.relation", "plain column"),
         (lambda d: d.update(colour="blue"), "colour", "Extra inputs"),
         (lambda d: d.update(time_column=None), "(top level)", "needs a time_column"),
@@ -52,6 +58,20 @@ def test_a_bad_spec_is_refused_with_the_field_named(change, field, words):
         parse_spec(data, source="churn.yaml")
     text = str(err.value)
     assert "churn.yaml" in text and field in text and words in text
+
+
+def test_floors_on_any_reported_metric_are_accepted_when_the_spec_is_loaded(tmp_path):
+    data = _churn()
+    data["promotion"]["floors"] = {"pr_auc": 0.1, "log_loss": 0.3, "f1": 0.2, "lift_top_decile": 2.0}
+    data["primary_metric"] = "brier"
+    path = tmp_path / "churn_floors.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec = load_spec(path)
+    assert spec.primary_metric == "brier" and spec.promotion.floors["lift_top_decile"] == 2.0
+    data["promotion"]["floors"]["precision_at_10"] = 0.5
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"churn_floors.yaml: invalid model spec\n  promotion.floors: .*precision_at_10"):
+        load_spec(path)
 
 
 def test_an_unknown_spec_name_lists_the_known_ones():

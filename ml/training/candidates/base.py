@@ -1,4 +1,7 @@
-"""What every candidate shares: input checks, the saved metadata, and the scikit-learn plumbing."""
+"""What every candidate shares: label checks, the saved metadata, and the scikit-learn plumbing.
+
+Inputs are encoded by ml.training.encoding, the one encoding that scoring uses too.
+"""
 
 from __future__ import annotations
 
@@ -8,60 +11,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
-import pandas as pd
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ml.core.errors import TidemarkError
 from ml.core.spec import FeatureSchema
+from ml.training.encoding import ModelError
 
 log = logging.getLogger(__name__)
 
 MODEL_JSON = "model.json"
 
 
-class ModelError(TidemarkError, ValueError):
-    """A candidate was asked for with a bad kind, parameter or input, or its saved files are unusable."""
-
-
-# -- shared input handling ------------------------------------------------------------------------
-def _check_frame(X: Any, features: FeatureSchema) -> pd.DataFrame:
-    if not isinstance(X, pd.DataFrame):
-        raise ModelError(f"X must be a pandas DataFrame with columns {list(features.columns)}, got {type(X).__name__}")
-    missing = [c for c in features.columns if c not in X.columns]
-    if missing:
-        raise ModelError(f"X is missing feature columns {missing}; the model needs {list(features.columns)}")
-    return X
-
-
-def _numeric_matrix(X: pd.DataFrame, features: FeatureSchema) -> np.ndarray:
-    """The numeric columns as float64, NaN where missing."""
-    out = np.empty((len(X), len(features.numeric)), dtype=np.float64)
-    for j, col in enumerate(features.numeric):
-        try:
-            out[:, j] = X[col].to_numpy(dtype=np.float64, na_value=np.nan)
-        except (TypeError, ValueError) as exc:
-            raise ModelError(f"numeric feature {col!r} holds values that are not numbers: {exc}") from None
-    return out
-
-
-def _category_strings(X: pd.DataFrame, col: str) -> pd.Series:
-    return X[col].astype("string")
-
-
-def _learn_vocabularies(X: pd.DataFrame, features: FeatureSchema) -> dict[str, list[str]]:
-    """The sorted distinct values of each categorical column, missing values left out."""
-    return {col: sorted(_category_strings(X, col).dropna().unique().tolist()) for col in features.categorical}
-
-
-def _category_codes(X: pd.DataFrame, vocabularies: Mapping[str, list[str]], features: FeatureSchema) -> np.ndarray:
-    """Integer codes per categorical column, in the schema's column order: 1..K for known values, 0 for
-    missing or unseen values."""
-    out = np.zeros((len(X), len(features.categorical)), dtype=np.int64)
-    for j, col in enumerate(features.categorical):
-        out[:, j] = pd.Categorical(_category_strings(X, col), categories=vocabularies[col]).codes.astype(np.int64) + 1
-    return out
-
-
+# -- labels and saved files -------------------------------------------------------------------------
 def _check_target(y: Any, n_rows: int) -> np.ndarray:
     y = np.asarray(y)
     if y.shape != (n_rows,):
@@ -134,7 +94,7 @@ class _Candidate(ClassifierMixin, BaseEstimator):
     def _write_meta(directory: Path, meta: dict[str, Any]) -> None:
         (Path(directory) / MODEL_JSON).write_text(json.dumps(meta, indent=1, sort_keys=True))
 
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
+    def predict(self, X: Any) -> np.ndarray:
         """Class labels at a 0.5 probability threshold."""
         return (self.predict_proba(X)[:, 1] >= 0.5).astype(np.int64)
 

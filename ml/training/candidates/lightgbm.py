@@ -9,22 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from ml.core.spec import FeatureSchema
 from ml.training.candidates.base import (
     MODEL_JSON,
     ModelError,
     _Candidate,
-    _category_codes,
-    _check_frame,
     _check_target,
-    _learn_vocabularies,
     _normalised,
-    _numeric_matrix,
     _read_model_json,
     _required_file,
 )
+from ml.training.encoding import feature_columns, learn_vocabularies, tree_matrix
 
 log = logging.getLogger(__name__)
 
@@ -60,18 +56,20 @@ class LightGBMCandidate(_Candidate):
         merged.update(objective="binary", deterministic=True, force_row_wise=True, verbosity=-1, seed=self.seed)
         return merged, rounds, stopping
 
-    def _matrix(self, X: pd.DataFrame) -> np.ndarray:
-        X = _check_frame(X, self.features)
-        return np.hstack([_numeric_matrix(X, self.features), _category_codes(X, self.vocabularies_, self.features)])
+    def _matrix(self, X: Any) -> np.ndarray:
+        """The float64 matrix LightGBM sees: numerics, then category codes."""
+        return tree_matrix(feature_columns(X, self.features), self.features, self.vocabularies_)
 
-    def fit(self, X: pd.DataFrame, y: Any, X_val: pd.DataFrame | None = None, y_val: Any = None) -> "LightGBMCandidate":
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "LightGBMCandidate":
+        """Fit on a DataFrame or Arrow table of the feature columns; a validation set enables early stopping."""
         import lightgbm as lgb
 
         params, rounds, stopping = self._booster_params()
-        X = _check_frame(X, self.features)
-        self.vocabularies_ = _learn_vocabularies(X, self.features)
+        columns = feature_columns(X, self.features)
+        self.vocabularies_ = learn_vocabularies(columns, self.features)
         categorical = list(range(len(self.features.numeric), len(self.features.columns)))
-        train = lgb.Dataset(self._matrix(X), _check_target(y, len(X)), categorical_feature=categorical)
+        matrix = tree_matrix(columns, self.features, self.vocabularies_)
+        train = lgb.Dataset(matrix, _check_target(y, len(matrix)), categorical_feature=categorical)
         valid_sets, callbacks = [], []
         if X_val is not None and y_val is not None:
             valid = lgb.Dataset(self._matrix(X_val), _check_target(y_val, len(X_val)), reference=train)
@@ -85,7 +83,8 @@ class LightGBMCandidate(_Candidate):
         log.info("lightgbm: kept %d of %d rounds, fitted in %.1fs", self.best_iteration_, rounds, self.fit_seconds_)
         return self
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """P(label = 0) and P(label = 1) for each row of a DataFrame, Arrow table or Arrow record batch."""
         p = self.booster_.predict(self._matrix(X), num_iteration=self.best_iteration_)
         return np.column_stack([1.0 - p, p])
 

@@ -14,13 +14,13 @@ from ml.core.spec import FeatureSchema
 from ml.training.candidates.base import (
     MODEL_JSON,
     _Candidate,
-    _category_strings,
-    _check_frame,
     _check_target,
     _normalised,
-    _numeric_matrix,
     _read_model_json,
 )
+from ml.training.encoding import category_strings, feature_columns, numeric_matrix
+
+MISSING = "missing"  # what a missing category is imputed as, and so one-hot encoded as
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,16 @@ class LogisticCandidate(_Candidate):
     kind = "logistic"
     defaults = {"C": 1.0, "max_iter": 1000, "class_weight": None, "missing_indicator": True, "tol": 1e-4}
 
-    def _frame(self, X: pd.DataFrame) -> pd.DataFrame:
-        X = _check_frame(X, self.features)
-        numeric = pd.DataFrame(_numeric_matrix(X, self.features), columns=list(self.features.numeric), index=X.index)
-        cats = {c: _category_strings(X, c).astype(object).where(lambda s: s.notna(), np.nan) for c in self.features.categorical}
-        return pd.concat([numeric, pd.DataFrame(cats, index=X.index)], axis=1)
+    def _frame(self, X: Any) -> pd.DataFrame:
+        """The encoded feature columns as the frame the scikit-learn pipeline is fitted on, NaN where missing."""
+        columns = feature_columns(X, self.features)
+        frame = pd.DataFrame(numeric_matrix(columns, self.features), columns=list(self.features.numeric))
+        for col in self.features.categorical:
+            frame[col] = pd.Series(category_strings(columns, col), dtype=object).fillna(np.nan)
+        return frame
 
-    def fit(self, X: pd.DataFrame, y: Any, X_val: pd.DataFrame | None = None, y_val: Any = None) -> "LogisticCandidate":
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "LogisticCandidate":
+        """Fit on a DataFrame or Arrow table of the feature columns; a validation set is not used."""
         from sklearn.compose import ColumnTransformer
         from sklearn.impute import SimpleImputer
         from sklearn.linear_model import LogisticRegression
@@ -53,7 +56,7 @@ class LogisticCandidate(_Candidate):
         steps = {
             "num": make_pipeline(SimpleImputer(strategy="median", add_indicator=bool(params["missing_indicator"]),
                                                keep_empty_features=True), StandardScaler()),
-            "cat": make_pipeline(SimpleImputer(strategy="constant", fill_value="missing"),
+            "cat": make_pipeline(SimpleImputer(strategy="constant", fill_value=MISSING),
                                  OneHotEncoder(handle_unknown="ignore")),
         }
         groups = {"num": list(self.features.numeric), "cat": list(self.features.categorical)}
@@ -80,20 +83,21 @@ class LogisticCandidate(_Candidate):
             out["categories"] = [[str(v) for v in cats] for cats in onehot.categories_]
         return out
 
-    def _design(self, X: pd.DataFrame) -> np.ndarray:
+    def _design(self, X: Any) -> np.ndarray:
         """The expanded design matrix the regression sees, rebuilt from the plain parameters."""
-        lin, frame = self.linear_, self._frame(X)
-        raw = frame[list(self.features.numeric)].to_numpy(dtype=np.float64)
+        lin, columns = self.linear_, feature_columns(X, self.features)
+        raw = numeric_matrix(columns, self.features)
         missing = np.isnan(raw)
         numeric = np.where(missing, np.asarray(lin["medians"]), raw)
         numeric = np.hstack([numeric, missing[:, lin["indicator_columns"]].astype(np.float64)])
         blocks = [(numeric - np.asarray(lin["scale_mean"])) / np.asarray(lin["scale"])]
         for col, cats in zip(self.features.categorical, lin["categories"]):
-            values = frame[col].fillna("missing").to_numpy(dtype=object)
+            values = category_strings(columns, col, missing=MISSING)
             blocks.append((values[:, None] == np.asarray(cats, dtype=object)[None, :]).astype(np.float64))
         return np.hstack(blocks)
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """P(label = 0) and P(label = 1) for each row of a DataFrame, Arrow table or Arrow record batch."""
         from scipy.special import expit
 
         p = expit(self._design(X) @ np.asarray(self.linear_["coef"]) + self.linear_["intercept"])

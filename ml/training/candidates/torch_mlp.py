@@ -10,20 +10,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from ml.core.spec import FeatureSchema
 from ml.training.candidates.base import (
     MODEL_JSON,
     ModelError,
     _Candidate,
-    _category_codes,
-    _check_frame,
     _check_target,
-    _learn_vocabularies,
-    _numeric_matrix,
     _read_model_json,
     _required_file,
+)
+from ml.training.encoding import (
+    category_codes,
+    feature_columns,
+    learn_vocabularies,
+    numeric_matrix,
 )
 
 log = logging.getLogger(__name__)
@@ -62,14 +64,15 @@ class TorchTabularCandidate(_Candidate):
     defaults = {"hidden_sizes": [128, 64], "dropout": 0.1, "lr": 1e-3, "weight_decay": 1e-5, "batch_size": 1024,
                 "max_epochs": 30, "patience": 4, "embedding_dim": None, "device": "auto", "num_threads": 2}
 
-    def _tensors(self, X: pd.DataFrame, y: np.ndarray | None = None) -> tuple:
-        """Standardised numerics (0 where missing) with missing indicators, category codes, and labels if given."""
+    def _tensors(self, columns: pa.Table, y: np.ndarray | None = None) -> tuple:
+        """Standardised numerics (0 where missing) with missing indicators, category codes, and labels if given,
+        from the output of `feature_columns`."""
         import torch
 
-        X = _check_frame(X, self.features)
-        raw = _numeric_matrix(X, self.features)
+        raw = numeric_matrix(columns, self.features)
         numeric = np.hstack([np.where(np.isnan(raw), 0.0, (raw - self.means_) / self.stds_), np.isnan(raw)])
-        out = [numeric.astype(np.float32), _category_codes(X, self.vocabularies_, self.features)]
+        codes = np.ascontiguousarray(category_codes(columns, self.features, self.vocabularies_))
+        out = [numeric.astype(np.float32), codes]
         out += [] if y is None else [y.astype(np.float32)]
         return tuple(torch.from_numpy(a).to(self.device_) for a in out)
 
@@ -97,21 +100,24 @@ class TorchTabularCandidate(_Candidate):
 
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device_ == "cuda")
 
-    def fit(self, X: pd.DataFrame, y: Any, X_val: pd.DataFrame | None = None, y_val: Any = None) -> "TorchTabularCandidate":
+    def fit(self, X: Any, y: Any, X_val: Any = None, y_val: Any = None) -> "TorchTabularCandidate":
+        """Fit on a DataFrame or Arrow table of the feature columns; a validation set picks the best epoch."""
         import torch
 
         params = self._resolved_params()
         self.device_ = self._device(params["device"])
-        X = _check_frame(X, self.features)
-        raw = _numeric_matrix(X, self.features)
+        columns = feature_columns(X, self.features)
+        raw = numeric_matrix(columns, self.features)
         with np.errstate(all="ignore"):
             means, stds = np.nanmean(raw, axis=0), np.nanstd(raw, axis=0)
         self.means_ = np.nan_to_num(means, nan=0.0)
         self.stds_ = np.where(np.isfinite(stds) & (stds > 0), stds, 1.0)
-        self.vocabularies_ = _learn_vocabularies(X, self.features)
+        self.vocabularies_ = learn_vocabularies(columns, self.features)
         self.architecture_, self.params_ = self._architecture(params), params
-        train = self._tensors(X, _check_target(y, len(X)))
-        valid = self._tensors(X_val, _check_target(y_val, len(X_val))) if X_val is not None and y_val is not None else None
+        train = self._tensors(columns, _check_target(y, len(columns)))
+        valid = None
+        if X_val is not None and y_val is not None:
+            valid = self._tensors(feature_columns(X_val, self.features), _check_target(y_val, len(X_val)))
         threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
         warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
         devices = [torch.cuda.current_device()] if self.device_ == "cuda" else []
@@ -179,13 +185,14 @@ class TorchTabularCandidate(_Candidate):
             return torch.cat([self.module_(numeric[i:i + 65536], codes[i:i + 65536]).float()
                               for i in range(0, len(numeric), 65536)])
 
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """P(label = 0) and P(label = 1) for each row of a DataFrame, Arrow table or Arrow record batch."""
         import torch
 
-        if len(X) == 0:
-            _check_frame(X, self.features)
+        columns = feature_columns(X, self.features)
+        if columns.num_rows == 0:
             return np.empty((0, 2))
-        p = torch.sigmoid(self._logits(*self._tensors(X))).double().cpu().numpy()
+        p = torch.sigmoid(self._logits(*self._tensors(columns))).double().cpu().numpy()
         return np.column_stack([1.0 - p, p])
 
     def save(self, directory: Path) -> list[str]:

@@ -1,0 +1,128 @@
+"""Development tooling: the environment for dbt and Airflow, the demo, a local S3 server, Airflow as a service."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from ml.cli.common import console, parse_day
+from ml.core.settings import Settings
+
+app = typer.Typer()
+service_app = typer.Typer(no_args_is_help=True, help="Run Airflow as a local service: start, status, stop.")
+app.add_typer(service_app, name="airflow")
+
+
+@app.command()
+def env(shell: bool = typer.Option(True, help="Print as shell `export` lines.")) -> None:
+    """Print the environment that dbt and Airflow need, derived from TIDEMARK_* settings."""
+    settings = Settings.from_env()
+    values = {**settings.airflow_env(), **settings.dbt_env()}
+    if shell:
+        for key, value in values.items():
+            typer.echo(f"export {key}={shlex.quote(value)}")
+    else:
+        typer.echo(json.dumps(values, indent=2))
+
+
+@app.command("airflow-init")
+def airflow_init() -> None:
+    """Prepare Airflow's metadata database under TIDEMARK_HOME and create the pools the DAGs use."""
+    from ml.orchestration.bootstrap import init_airflow
+
+    init_airflow(Settings.from_env())
+
+
+@app.command()
+def demo(
+    server: bool = typer.Option(
+        False, "--server", help="Run on PostgreSQL and a registry on an S3 API instead of the embedded defaults: "
+        "TIDEMARK_WAREHOUSE_URL if it is postgresql://, else postgresql://postgres@127.0.0.1:5432/tidemark_demo; "
+        "TIDEMARK_REGISTRY_URI if it is s3://, else a local S3 server (moto) started for the run."),
+    database: Optional[str] = typer.Option(
+        None, help="With --server: a PostgreSQL database for the demo to drop and recreate. Without it, only "
+        "tidemark_demo is recreated; in any other database the demo drops the pipeline's schemas."),
+    until: str = typer.Option("2025-04-20", help="Last simulated day; an earlier day is a shorter demo "
+                              "(2025-04-04 still shows drift, a retrain request and the gate's decision)."),
+) -> None:
+    """Run the end-to-end demo: simulate a history, build features, train, score, monitor and retrain in Airflow."""
+    from ml.tools.demo import run_demo
+
+    if database and not server:
+        raise typer.BadParameter("--database applies only with --server", param_hint="--database")
+    run_demo(Settings.from_env(), server=server, database=database, until=parse_day(until, "--until"))
+
+
+@app.command("s3-server")
+def s3_server(
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(5055, min=0, max=65535, help="Port to listen on (0: any free port)."),
+    bucket: Optional[str] = typer.Option(None, help="Create this bucket at start, e.g. tidemark-demo."),
+    quiet: bool = typer.Option(False, "--quiet", help="Print only the endpoint URL, without the hints."),
+) -> None:
+    """Serve a local S3 API (moto) in the foreground until Ctrl-C; its objects live in memory only.
+
+    The endpoint URL is printed alone on stdout once the server answers.
+    """
+    from ml.tools.s3local import DUMMY_AWS_ENV, serve
+
+    def ready(endpoint: str) -> None:
+        typer.echo(endpoint)
+        if quiet:
+            return
+        console.print(f"S3 API (moto) on {endpoint}" + (f" with bucket {bucket!r}" if bucket else "")
+                      + "; objects are kept in memory and lost when it stops. Clients need any credentials:")
+        exports = " ".join(f"{k}={v}" for k, v in {"TIDEMARK_S3_ENDPOINT_URL": endpoint, **DUMMY_AWS_ENV}.items())
+        console.print(f"  export {exports}", highlight=False, soft_wrap=True)
+
+    serve(host, port, bucket, on_ready=ready)
+
+
+@service_app.command("start")
+def service_start(
+    profile: str = typer.Option("local", help="local: LocalExecutor on SQLite; celery: CeleryExecutor on Redis "
+                                              "with the metadata DB on PostgreSQL and a `gpu` queue worker."),
+    port: Optional[int] = typer.Option(None, help="API server and UI port (default TIDEMARK_AIRFLOW_PORT or 8080)."),
+) -> None:
+    """Start api-server, scheduler, dag-processor and triggerer (and Celery workers) in the background."""
+    from ml.tools.service import ServiceConfig, credentials, start
+
+    settings = Settings.from_env()
+    cfg = ServiceConfig.from_env(profile, port)
+    with console.status(f"starting Airflow ({profile} profile)") as status:
+        state = start(settings, cfg, progress=lambda msg: status.update(msg) or console.print(f"  {msg}"))
+    user, password = credentials(settings, cfg)
+    console.print(f"[bold green]Airflow is up[/bold green] ({profile} profile, {len(state['processes'])} processes)")
+    console.print(f"  UI:    {cfg.url}")
+    console.print(f"  login: {user} / {password}")
+    console.print(f"  logs:  {settings.airflow_home / 'service' / 'logs'}")
+    console.print("  stop:  make airflow-stop")
+
+
+@service_app.command("status")
+def service_status() -> None:
+    """Show what `airflow start` started and the API server's health report."""
+    from ml.tools.service import _alive, health, read_state
+
+    state = read_state(Settings.from_env())
+    if not state:
+        console.print("no Airflow started from this checkout is recorded")
+        raise typer.Exit(1)
+    table = Table("component", "pid", "running", "log")
+    for proc in state["processes"]:
+        table.add_row(proc["name"], str(proc["pid"]), "yes" if _alive(proc["pid"]) else "[red]no[/red]", proc["log"])
+    console.print(f"{state['profile']} profile at {state['url']}")
+    console.print(table)
+    console.print(json.dumps(health(state["url"]), indent=2))
+
+
+@service_app.command("stop")
+def service_stop(grace: float = typer.Option(30.0, help="Seconds to wait after SIGTERM before SIGKILL.")) -> None:
+    """Stop every process that `airflow start` started."""
+    from ml.tools.service import stop
+
+    stop(Settings.from_env(), grace_s=grace, progress=lambda msg: console.print(f"  {msg}"))
