@@ -50,18 +50,26 @@ def champion_version(settings: Settings, model: str) -> str:
     return version
 
 
-def resolve_champion(settings: Settings, model: str, version: str | None = None) -> Champion:
-    """`version` of `model` (default: the current champion) with its verified local copy."""
+def resolve_champion(settings: Settings, model: str, version: str | None = None, *, refresh: bool = False
+                     ) -> Champion:
+    """`version` of `model` (default: the current champion) with its verified local copy.
+
+    `refresh` downloads the version again even when the cached copy matches, so that every stored
+    artifact is read and checked: what training does before it compares a challenger with the champion.
+    """
     version = version or champion_version(settings, model)
     registry = Registry.from_settings(settings)
-    directory = cached_version(registry, model, version, settings.home / "cache" / "models")
+    directory = cached_version(registry, model, version, settings.home / "cache" / "models", refresh=refresh)
     manifest = json.loads((directory / MANIFEST).read_text())
     return Champion(model, version, directory, manifest)
 
 
-def cached_version(registry: Registry, model: str, version: str, root: Path) -> Path:
-    """A local copy of a version whose every file matches the registry's sha256; fetched when missing or altered."""
+def cached_version(registry: Registry, model: str, version: str, root: Path, *, refresh: bool = False) -> Path:
+    """A local copy of a version whose every file matches the registry's sha256; fetched when missing or altered,
+    or with `refresh` (the download replaces the copy only once every file of it verified)."""
     dest = root / model / version
+    if refresh and (dest / MANIFEST).is_file():
+        return registry.download(model, version, dest)
     if (dest / MANIFEST).is_file():
         files = registry.get(model, version).manifest["files"]
         if all(_matches(dest / name, meta) for name, meta in files.items()):

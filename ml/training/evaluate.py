@@ -74,7 +74,8 @@ def evaluate_step(spec: ModelSpec, settings: Settings, extract_info: dict, train
 def _champion_evaluation(spec, settings, X_test, y_test, segments) -> dict | None:
     """The current champion scored on the same test rows, or None before the first promotion."""
     try:
-        champion = resolve_champion(settings, spec.name)
+        # Downloaded again, so a damaged artifact in the registry is found before a challenger is judged.
+        champion = resolve_champion(settings, spec.name, refresh=True)
     except NoChampion:
         return None
     model = load_candidate(champion.directory)
