@@ -202,6 +202,34 @@ def test_drift_history_lists_the_dataset_rows_by_date(world):
     assert drift_history(world["settings"], "other_model", date(2025, 3, 6), 14) == []
 
 
+def test_a_run_watches_the_version_it_pinned_even_after_a_promotion(world, tmp_path):
+    """monitor_model resolves the champion once: a promotion between its tasks does not reach the later ones."""
+    import shutil
+    from dataclasses import replace
+
+    from ml.monitoring.steps import decide_for_interval, drift_for_interval, plan_monitoring
+
+    # A registry of its own, so the module's champion stays as the other tests expect it.
+    settings = replace(world["settings"], home=tmp_path, registry_uri=(tmp_path / "registry").as_uri())
+    registry, spec = Registry.from_settings(settings), world["spec"]
+    manifest = json.loads((world["version_dir"] / "manifest.json").read_text())
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(world["version_dir"], artifacts, ignore=shutil.ignore_patterns("manifest.json"))
+    metadata = {k: v for k, v in manifest.items() if k not in ("files", "model", "version", "created_at")}
+    first = registry.publish("churn", artifacts, metadata).version
+    registry.promote("churn", first, actor="test", reason="first")
+
+    plan = plan_monitoring(spec, settings, {"start": str(STABLE[0]), "end": str(STABLE[0])})
+    second = registry.publish("churn", artifacts, metadata).version
+    registry.promote("churn", second, actor="test", reason="lands while the run is going")
+
+    [drift] = drift_for_interval(spec, settings, plan)
+    assert (plan["version"], drift["model_version"]) == (first, first) != second
+    assert decide_for_interval(spec, settings, plan) is None  # one stable day: nothing to request
+    assert [r["model_version"] for r in drift_history(settings, "churn", STABLE[0], 1)] == [first]
+    assert plan_monitoring(spec, settings, plan)["version"] == second  # the next run watches the new champion
+
+
 def test_monitoring_columns_must_be_features():
     schema = FeatureSchema(numeric=("monthly_price", "tenure_days"), categorical=("region",))
     assert drift_columns(_spec(), schema) == FeatureSchema(("monthly_price",), ("region",))

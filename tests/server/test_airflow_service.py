@@ -1,6 +1,6 @@
 """Airflow as a service, driven the way an operator drives it.
 
-The module starts the `celery` profile of `ml/service.py` on free ports: api-server, scheduler,
+The module starts the `celery` profile of `ml/tools/service.py` on free ports: api-server, scheduler,
 dag-processor, triggerer and two Celery workers (one on the `default` queue, one on the `gpu` queue)
 with the metadata DB in a fresh PostgreSQL database and Redis as the broker. The warehouse is another
 fresh PostgreSQL database and the registry a bucket on moto's S3 server, so every worker reaches the
@@ -109,7 +109,7 @@ def service(tmp_path_factory, s3_server):
         profile="celery", port=_free_port(),
         metadata_db=f"postgresql://postgres@127.0.0.1:5432/{metadata_db}",
         broker_url=f"redis://127.0.0.1:6379/{BROKER_DB}",
-        worker_log_ports=(_free_port(), _free_port()), triggerer_log_port=_free_port(),
+        worker_log_ports=(_free_port(), _free_port()), triggerer_log_port=_free_port(), password=password,
     )
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():

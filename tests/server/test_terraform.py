@@ -36,7 +36,7 @@ RETENTION_DAYS = 30
 OIDC_ISSUER = "oidc.eks.us-east-1.amazonaws.com/id/EXAMPLED539D4633E53DE1B71EXAMPLE"
 OIDC_PROVIDER_ARN = f"arn:aws:iam::123456789012:oidc-provider/{OIDC_ISSUER}"
 
-# The IAM action each S3 call of ml/stores.py needs; the worker policy must grant exactly these.
+# The IAM action each S3 call of ml/registry/stores.py needs; the worker policy must grant exactly these.
 S3_ACTIONS = {
     "get_object": "s3:GetObject",
     "head_object": "s3:GetObject",
@@ -281,10 +281,10 @@ def test_bucket_is_versioned_encrypted_private_and_expires_only_reports(stack, s
 
 
 def test_worker_policy_grants_exactly_what_the_registry_calls(stack, s3_server):
-    calls = set(re.findall(r'_call\(\s*"(\w+)"', (ROOT / "ml" / "stores.py").read_text()))
-    assert calls, "found no S3 calls in ml/stores.py; update the pattern above"
+    calls = set(re.findall(r'_call\(\s*"(\w+)"', (ROOT / "ml" / "registry" / "stores.py").read_text()))
+    assert calls, "found no S3 calls in ml/registry/stores.py; update the pattern above"
     unmapped = sorted(calls - S3_ACTIONS.keys())
-    assert not unmapped, f"ml/stores.py now calls {unmapped}: grant them in infra/terraform/iam.tf and map them here"
+    assert not unmapped, f"ml/registry/stores.py now calls {unmapped}: grant them in infra/terraform/iam.tf and map them here"
 
     iam, bucket_arn = _client("iam", s3_server), f"arn:aws:s3:::{stack['bucket_name']}"
     version = iam.get_policy(PolicyArn=stack["policy_arn"])["Policy"]["DefaultVersionId"]

@@ -2,7 +2,7 @@
 
 No image is built and no chart is rendered here (there is no Docker engine or helm in CI). The files
 are linted (hadolint, yamllint) and checked against each other and against the code they deploy:
-the queue and pools the DAGs use, the settings ml/settings.py accepts, the Airflow pin.
+the queue and pools the DAGs use, the settings ml/core/settings.py accepts, the Airflow pin.
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def test_image_environment_points_airflow_at_the_copied_code():
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == dest["dags"]
     assert env["PYTHONPATH"] == str(PurePosixPath(dest["ml"]).parent)
     assert PurePosixPath(dest["ml"]).parent == PurePosixPath(dest["dbt_project"]).parent, \
-        "ml/settings.py finds dbt_project/ next to ml/"
+        "ml/core/settings.py finds dbt_project/ next to ml/"
     telemetry_off = {
         "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "1", "SCARF_ANALYTICS": "false",
         "AIRFLOW__COSMOS__ENABLE_TELEMETRY": "False", "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
