@@ -344,13 +344,16 @@ class Warehouse:
         return number % buckets
 
     def content_hash(self, qualified: str, key: str) -> str:
-        """sha256 over a table's rows in key order, as Arrow IPC; stable for the same contents."""
-        digest = hashlib.sha256()
-        table = self.read_arrow(f"select * from {qualify(qualified)} order by {quote(key)}")
-        digest.update(table.schema.to_string().encode())
-        for batch in table.combine_chunks().to_batches(max_chunksize=65_536):
-            digest.update(batch.serialize().to_pybytes())
-        return digest.hexdigest()
+        """sha256 over a table's rows in key order (`arrow_sha256`); stable for the same contents."""
+        return arrow_sha256(self.read_arrow(f"select * from {qualify(qualified)} order by {quote(key)}"))
+
+
+def arrow_sha256(table: pa.Table) -> str:
+    """sha256 of an Arrow table's schema and rows, as Arrow IPC: the same for the same contents."""
+    digest = hashlib.sha256(table.schema.to_string().encode())
+    for batch in table.combine_chunks().to_batches(max_chunksize=65_536):
+        digest.update(batch.serialize().to_pybytes())
+    return digest.hexdigest()
 
 
 class _CopyStream(io.RawIOBase):

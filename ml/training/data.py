@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -26,7 +25,7 @@ from ml.core.spec import (
     feature_schema,
 )
 from ml.core.sql import named_table
-from ml.core.warehouse import Warehouse
+from ml.core.warehouse import Warehouse, arrow_sha256
 from ml.training.encoding import feature_columns
 
 log = logging.getLogger(__name__)
@@ -103,7 +102,7 @@ def extract(spec: ModelSpec, settings: Settings, directory: Path, *, as_of: date
         pq.write_table(part, directory / f"{name}.parquet")
         windows[name] = _window(spec, part)
     log.info("extracted %s rows for %s: %s", table.num_rows, spec.name, windows)
-    return Extract(directory, schema, windows, _fingerprint(table), as_of.isoformat() if as_of else None)
+    return Extract(directory, schema, windows, arrow_sha256(table), as_of.isoformat() if as_of else None)
 
 
 def split(spec: ModelSpec, table: pa.Table) -> dict[str, pa.Table]:
@@ -158,13 +157,6 @@ def _window(spec: ModelSpec, part: pa.Table) -> dict:
         raise DataError(f"a split of spec {spec.name!r} has {part.num_rows} rows and {window['positives']} positives; "
                         "it needs both classes")
     return window
-
-
-def _fingerprint(table: pa.Table) -> str:
-    digest = hashlib.sha256(table.schema.to_string().encode())
-    for batch in table.combine_chunks().to_batches(max_chunksize=65_536):
-        digest.update(batch.serialize().to_pybytes())
-    return digest.hexdigest()
 
 
 def load_split(extract_: Extract, name: str) -> tuple[pd.DataFrame, np.ndarray]:
