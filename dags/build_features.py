@@ -5,7 +5,11 @@ Builds the point-in-time feature and label marts with dbt whenever new raw days 
 asset), for exactly the as-of dates those days cover.
 
 1. `resolve_interval` picks the dates: dag_run.conf `{"start": ..., "end": ...}` when given (a
-   backfill), else the dates in the triggering `raw` events, else the run's data interval.
+   backfill), else the dates in the triggering `raw` events. Either is refused, naming the dates and
+   the watermark, when it asks for a day after the loaded watermark: the last raw `ingest_date` with
+   no gap before it. A run with neither (a manual run with no conf) builds the days after the
+   features watermark (the latest as-of date in the feature mart) up to the loaded watermark, or
+   the loaded watermark's day alone when the features reach it; never a day read off the clock.
 2. `dbt` is the dbt project rendered by Cosmos from its manifest: one task per model, each running
    `dbt build` on that model and its tests with the dates as the `start_date`/`end_date` vars; one
    task per raw source running its tests, so a bad raw row stops every model built on it. All dbt
@@ -42,7 +46,6 @@ from ml.features.cosmos import (
 from ml.features.dbt import dbt_executable
 from ml.orchestration.assets import FEATURES, RAW
 from ml.orchestration.bootstrap import WAREHOUSE_POOL
-from ml.orchestration.intervals import resolve_interval
 
 settings = Settings.from_env()
 # The dbt vars of every dbt task, rendered from the resolve_interval task's result at run time.
@@ -62,10 +65,12 @@ DBT_VARS = {
     default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
 )
 def build_features():
-    @task(task_id="resolve_interval")
-    def resolve(dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None):
-        """The inclusive as-of dates this run builds."""
-        return resolve_interval(dag_run.conf, triggering_asset_events, data_interval_start, data_interval_end)
+    @task(task_id="resolve_interval", pool=WAREHOUSE_POOL)
+    def resolve(dag_run=None, triggering_asset_events=None):
+        """The inclusive as-of dates this run builds, bounded by the loaded watermark."""
+        from ml.orchestration.watermarks import resolve_build_interval
+
+        return resolve_build_interval(settings, dag_run.conf, triggering_asset_events)
 
     @task(outlets=[FEATURES])
     def publish_features(interval: dict, outlet_events=None) -> dict:

@@ -4,8 +4,11 @@
 Watches the champion after it scores: runs whenever the `predictions` asset is updated (or with conf
 `{"start": ..., "end": ...}` for a range of days), one day at a time in date order.
 
-0. `resolve_interval` picks the days and pins the run to one champion version: every later task
-   watches that version, even if a promotion lands while the run is going.
+0. `resolve_interval` picks the days (conf `start`/`end`, else the triggering `predictions` events'
+   interval, else the features watermark's day: the latest as-of date in the spec's feature
+   relation, never a day read off the clock) and pins the run to one champion version: every later
+   task watches that version, even if a promotion lands while the run is going. A run asked for a
+   day after the features watermark is refused, naming the days and the watermark.
 1. `check_drift` runs Evidently's DataDriftPreset on a bounded sample of each day's features and scores,
    drawn inside the warehouse, against the reference sample stored with the champion at training time.
    Per-column and dataset results go to `ml.drift_metrics`; the HTML and JSON reports go to the
@@ -28,7 +31,7 @@ from ml.core.settings import Settings
 from ml.core.spec import load_spec
 from ml.orchestration.assets import MONITORING, PREDICTIONS, RETRAIN_REQUESTED
 from ml.orchestration.bootstrap import WAREHOUSE_POOL
-from ml.orchestration.intervals import resolve_interval
+from ml.orchestration.intervals import requested_interval
 
 settings = Settings.from_env()
 spec = load_spec(settings.model_spec)
@@ -44,14 +47,13 @@ spec = load_spec(settings.model_spec)
     default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
 )
 def monitor_model():
-    @task(task_id="resolve_interval")
-    def resolve(dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None):
+    @task(task_id="resolve_interval", pool=WAREHOUSE_POOL)
+    def resolve(dag_run=None, triggering_asset_events=None):
         """The as-of dates this run checks and the champion version it watches."""
         from ml.monitoring.steps import plan_monitoring
 
-        interval = resolve_interval(dag_run.conf, triggering_asset_events, data_interval_start, data_interval_end,
-                                    asset_name=PREDICTIONS.name)
-        return plan_monitoring(spec, settings, interval)
+        asked = requested_interval(dag_run.conf, triggering_asset_events, asset_name=PREDICTIONS.name)
+        return plan_monitoring(spec, settings, asked)
 
     @task(pool=WAREHOUSE_POOL)
     def check_drift(plan: dict) -> list[dict]:

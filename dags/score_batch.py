@@ -7,8 +7,11 @@ whenever `build_features` publishes new days; a backfill is a manual run with co
 `{"start": "2025-03-01", "end": "2025-03-31"}`.
 
 1. `resolve_interval` picks the days (conf `start`/`end`, else the triggering `features` events'
-   interval, else the data interval) and pins the run to one champion version and one `scored_at`
-   time, so every shard and every retry writes the same rows.
+   interval, else the features watermark's day: the latest as-of date in the spec's feature
+   relation, never a day read off the clock) and pins the run to one champion version and one
+   `scored_at` time, so every shard and every retry writes the same rows. A run asked for a day
+   after the features watermark is refused, naming the days and the watermark, before anything
+   is written.
 2. `score_shard` is mapped over the spec's `scoring.shards` entity-hash shards. Each streams its rows
    from the warehouse as Arrow record batches, scores them, and writes one Parquet file per day under
    `TIDEMARK_HOME/runs/score/<run_id>/`.
@@ -30,7 +33,7 @@ from ml.core.settings import Settings
 from ml.core.spec import load_spec
 from ml.orchestration.assets import FEATURES, PREDICTIONS
 from ml.orchestration.bootstrap import WAREHOUSE_POOL
-from ml.orchestration.intervals import interval_days, resolve_interval
+from ml.orchestration.intervals import interval_days, requested_interval
 
 settings = Settings.from_env()
 spec = load_spec(settings.model_spec)
@@ -47,14 +50,13 @@ SHARDS = list(range(spec.scoring.shards))
     default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
 )
 def score_batch():
-    @task(task_id="resolve_interval")
-    def resolve(dag_run=None, triggering_asset_events=None, data_interval_start=None, data_interval_end=None) -> dict:
+    @task(task_id="resolve_interval", pool=WAREHOUSE_POOL)
+    def resolve(dag_run=None, triggering_asset_events=None) -> dict:
         """The days to score, the champion version and the run's scored_at time."""
         from ml.scoring.score import plan_scoring
 
-        interval = resolve_interval(dag_run.conf, triggering_asset_events, data_interval_start, data_interval_end,
-                                    asset_name=FEATURES.name)
-        return plan_scoring(spec, settings, interval, dag_run.start_date or dag_run.run_after)
+        asked = requested_interval(dag_run.conf, triggering_asset_events, asset_name=FEATURES.name)
+        return plan_scoring(spec, settings, asked, dag_run.start_date or dag_run.run_after)
 
     @task(pool=WAREHOUSE_POOL)
     def score_shard(shard: int, plan: dict, dag_run=None) -> dict:

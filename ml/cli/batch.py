@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, datetime, timezone
 from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ml.cli.common import (
     DateOption,
@@ -34,16 +35,20 @@ def score(
                                                     "(default: cli-<start>-<end>)."),
     no_mart: bool = typer.Option(False, "--no-mart", help="Leave the dbt scores mart as it is."),
 ) -> None:
-    """Score days with the champion into ml.predictions, then rebuild the scores mart: what score_batch runs."""
+    """Score days with the champion into ml.predictions, then rebuild the scores mart: what score_batch runs.
+
+    With no dates, the features watermark's day (the latest as-of date in the features); days after it are refused.
+    """
     from ml.core.spec import load_spec
     from ml.orchestration.intervals import interval_days
-    from ml.registry.champion import champion_version
-    from ml.scoring.score import build_scores_mart, score_days
+    from ml.scoring.score import build_scores_mart, plan_scoring, score_days
 
-    days = interval_days(interval(day, start, end))
+    asked = _asked(day, start, end)
     settings = Settings.from_env()
     model_spec = load_spec(spec or settings.model_spec)
-    version = champion_version(settings, model_spec.name)
+    scored_at = datetime.now(timezone.utc)
+    plan = plan_scoring(model_spec, settings, asked, scored_at)
+    days, version = interval_days(plan), plan["version"]
     shards = shards or model_spec.scoring.shards
 
     def scored(shard: int, when: date, rows: int) -> None:
@@ -52,8 +57,8 @@ def score(
 
     with progress(f"score {model_spec.name} {version}", bar=True) as shown:
         task = shown.add_task("", total=len(days) * shards)
-        result = score_days(model_spec, settings, days, run_id or f"cli-{days[0]}-{days[-1]}", shards=shards,
-                            version=version, on_day=scored)
+        result = score_days(model_spec, settings, days, run_id or f"cli-{days[0]}-{days[-1]}", scored_at=scored_at,
+                            shards=shards, version=version, on_day=scored)
         if not no_mart:
             shown.update(task, description="dbt build --select tag:scores")
             build_scores_mart(settings)
@@ -75,11 +80,14 @@ def monitor(
     start: StartOption = None,
     end: EndOption = None,
 ) -> None:
-    """Check drift, realized performance and the retrain triggers for days: what monitor_model runs."""
+    """Check drift, realized performance and the retrain triggers for days: what monitor_model runs.
+
+    With no dates, the features watermark's day (the latest as-of date in the features); days after it are refused.
+    """
     from ml.core.spec import load_spec
     from ml.monitoring.steps import monitor_days
 
-    days = interval(day, start, end)
+    days = _asked(day, start, end)
     settings = Settings.from_env()
     model_spec = load_spec(spec or settings.model_spec)
     with progress(f"monitor {model_spec.name}") as shown:
@@ -99,8 +107,13 @@ def monitor(
     if request is None:
         console.print("no retrain requested")
     else:
-        console.print(f"[bold]retrain requested[/bold] on {request['as_of']} because of {request['reason']}: "
-                      f"{request['detail']}", soft_wrap=True)
+        console.print(Text("retrain requested", style="bold"), f"on {request['as_of']} because of "
+                      f"{request['reason']}: {request['detail']}", soft_wrap=True)
+
+
+def _asked(day: str | None, start: str | None, end: str | None) -> dict[str, str] | None:
+    """The days that --date or --start/--end name; None when no date option is given."""
+    return None if day is None and start is None and end is None else interval(day, start, end)
 
 
 def _print_performance(found: list[dict], horizon_days: int) -> None:

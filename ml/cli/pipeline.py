@@ -6,6 +6,7 @@ from typing import List, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ml.cli.common import console, parse_day, progress, step_logger
 from ml.core.settings import Settings
@@ -115,7 +116,7 @@ def train(
                       *(f"{t[m]:.4f}" for m in ("roc_auc", "pr_auc", "brier", "ece")))
     console.print(board)
     outcome = result["outcome"]
-    console.print(f"[bold]{outcome['version']}[/bold] {outcome['decision']}; champion "
+    console.print(Text(str(outcome["version"]), style="bold"), f"{outcome['decision']}; champion "
                   f"{outcome['champion_before']} -> {outcome['champion_after']}")
     for reason in outcome["reasons"]:
         console.print(f"  {reason}")

@@ -16,19 +16,24 @@ from ml.monitoring.drift import MonitoringError, check_drift
 from ml.monitoring.performance import realized_performance
 from ml.monitoring.triggers import check_triggers
 from ml.orchestration.intervals import interval_days
+from ml.orchestration.watermarks import resolve_features_interval
 from ml.registry.champion import NoChampion, champion_version, resolve_champion
 
 log = logging.getLogger(__name__)
 
 
-def plan_monitoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, str]) -> dict[str, Any]:
-    """The interval with the champion version that the whole run watches."""
+def plan_monitoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, str] | None) -> dict[str, Any]:
+    """The days to check with the champion version that the whole run watches.
+
+    Days after the features watermark are refused (a WatermarkError); no interval means its day.
+    """
     try:
         version = champion_version(settings, spec.name)
     except NoChampion:
         raise MonitoringError(f"{spec.name!r} has no champion to monitor; run train_model "
                               f"(or `python -m ml train --spec {spec.name}`) first") from None
-    return {"start": interval["start"], "end": interval["end"], "model": spec.name, "version": version}
+    days = resolve_features_interval(spec, settings, interval, action=f"monitor {spec.name}")
+    return {"start": days["start"], "end": days["end"], "model": spec.name, "version": version}
 
 
 def drift_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, str], *,
@@ -68,7 +73,7 @@ def decide_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, 
     return None
 
 
-def monitor_days(spec: ModelSpec, settings: Settings, interval: Mapping[str, str], *,
+def monitor_days(spec: ModelSpec, settings: Settings, interval: Mapping[str, str] | None, *,
                  on_step: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Every step in order, in this process: what `python -m ml monitor` runs.
 

@@ -30,7 +30,33 @@ def resolve_interval(
     In order: dag_run.conf `start`/`end` (either alone means one day); else the min start and max
     end in the extras of the triggering `asset_name` events; else the run's data interval, whose end
     is exclusive. A point-in-time interval (start == end, as trigger timetables and manual runs
-    give) covers the last whole day before it.
+    give) covers the last whole day before it. Only a loader may read days off the clock like this:
+    the DAGs that build on loaded data bound their days by a watermark (ml.orchestration.watermarks).
+    """
+    requested = requested_interval(conf, triggering_asset_events, asset_name=asset_name)
+    if requested is not None:
+        return requested
+    if data_interval_start is None or data_interval_end is None:
+        raise OrchestrationError(
+            "this run has no interval: pass dag_run.conf like {\"start\": \"2025-01-01\", \"end\": \"2025-01-31\"}"
+        )
+    if data_interval_end <= data_interval_start:
+        day = data_interval_start.date() - timedelta(days=1)
+        return _interval(day, day, "the data interval")
+    end = (data_interval_end - timedelta(microseconds=1)).date()
+    return _interval(data_interval_start.date(), end, "the data interval")
+
+
+def requested_interval(
+    conf: Mapping[str, Any] | None,
+    triggering_asset_events: Mapping[Any, Iterable[Any]] | None,
+    *,
+    asset_name: str = RAW_ASSET_NAME,
+) -> dict[str, str] | None:
+    """The inclusive as-of dates a run was asked for, or None when neither its conf nor its events name any.
+
+    dag_run.conf `start`/`end` (either alone means one day); else the min start and max end in the
+    extras of the triggering `asset_name` events.
     """
     conf = conf or {}
     if conf.get("start") or conf.get("end"):
@@ -49,16 +75,7 @@ def resolve_interval(
                 ends.append(parse_day(extra["end"], f"the {asset_name} asset event's end"))
     if starts:
         return _interval(min(starts), max(ends), f"the triggering {asset_name} asset events")
-
-    if data_interval_start is None or data_interval_end is None:
-        raise OrchestrationError(
-            "this run has no interval: pass dag_run.conf like {\"start\": \"2025-01-01\", \"end\": \"2025-01-31\"}"
-        )
-    if data_interval_end <= data_interval_start:
-        day = data_interval_start.date() - timedelta(days=1)
-        return _interval(day, day, "the data interval")
-    end = (data_interval_end - timedelta(microseconds=1)).date()
-    return _interval(data_interval_start.date(), end, "the data interval")
+    return None
 
 
 def resolve_as_of(

@@ -237,10 +237,15 @@ def _pause_for_tests(seconds: float) -> Callable[[], None] | None:
 
 
 # -- in one process -------------------------------------------------------------------------------
-def plan_scoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, str], scored_at: datetime | str) -> dict:
-    """The interval with the one champion version and `scored_at` time that every shard and retry of a run uses."""
-    return {"start": interval["start"], "end": interval["end"], "model": spec.name,
-            "version": champion_version(settings, spec.name),
+def plan_scoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, str] | None,
+                 scored_at: datetime | str) -> dict:
+    """The days to score with the one champion version and `scored_at` time that every shard and retry of a
+    run uses. Days after the features watermark are refused (a WatermarkError); no interval means its day."""
+    from ml.orchestration.watermarks import resolve_features_interval
+
+    version = champion_version(settings, spec.name)
+    days = resolve_features_interval(spec, settings, interval, action=f"score {spec.name}")
+    return {"start": days["start"], "end": days["end"], "model": spec.name, "version": version,
             "scored_at": scored_at if isinstance(scored_at, str) else scored_at.isoformat()}
 
 

@@ -202,3 +202,49 @@ def test_build_features_on_postgresql_hands_dbt_the_connections_user_and_passwor
                               "where schemaname = 'staging' and viewname = 'stg_simulator__customers'")
     customers = _scalar(settings, "select count(*) from staging.stg_simulator__customers")
     assert owner == role and customers > 0
+
+
+# -- watermarks -----------------------------------------------------------------------------------
+LANDED = {"start": "2025-02-10", "end": "2025-02-16"}  # after the days above: BAD_DAYS again and two more
+
+
+def _returned(run_id: str, task_id: str):
+    """What a task of the DAG run `run_id` returned, read from its XCom in Airflow's metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        row = session.scalars(select(XComModel).where(XComModel.run_id == run_id, XComModel.task_id == task_id,
+                                                      XComModel.key == "return_value")).one()
+        return XComModel.deserialize_value(row)
+
+
+def test_a_build_with_no_conf_covers_the_days_up_to_the_loaded_watermark_not_yesterday_by_the_clock(dags):
+    # Reloading BAD_DAYS also replaces the partition that holds the duplicated customer of the test above.
+    ingest = dags["ingest_raw"].test(run_conf={**SIM, **LANDED})
+    assert ingest.state == "success", _states(ingest)
+
+    # The dbt tasks render their vars from this task's result; building them all would take minutes.
+    subset = dags["build_features"].partial_subset(["resolve_interval"], include_upstream=False)
+    build = subset.test()
+
+    assert build.state == "success", _states(build)
+    # The features reach BACKFILL's end, and none of LANDED has been built: the run covers all of LANDED.
+    assert _returned(build.run_id, "resolve_interval") == LANDED
+
+
+def test_a_build_asked_past_the_loaded_watermark_is_refused_naming_the_days_and_builds_nothing(
+    dags, airflow_settings, capfd
+):
+    asked = {"start": "2025-02-15", "end": "2025-02-20"}
+    build = dags["build_features"].test(run_conf=asked)
+
+    states = _states(build)
+    assert build.state == "failed"
+    assert states["resolve_interval"] == "failed"
+    assert not {t for t, s in states.items() if s in ("success", "failed", "running")} - {"resolve_interval"}, states
+    assert _asset_events("features", build.run_id) == []
+    assert _feature_rows(airflow_settings, {"start": "2025-02-17", "end": "2026-12-31"}) == 0
+    assert ("refusing to build features for 2025-02-15..2025-02-20: 2025-02-17..2025-02-20 are after the loaded "
+            "watermark 2025-02-16") in "".join(capfd.readouterr())  # the task's log, written by Airflow

@@ -130,6 +130,27 @@ BAD_INPUTS = {
         "(select min(event_id) from raw.subscription_events where ingest_date = '{day}')",
         "source_accepted_values_simulator_subscription_events_plan_code",
     ),
+    "usage dated after its ingest_date": (
+        "update raw.usage_events set usage_date = usage_date + 1 where event_id in "
+        "(select max(event_id) from raw.usage_events where ingest_date = '{day}')",
+        "source_dated_within_lateness_simulator_usage_events_usage_date",
+    ),
+    "second usage row for a customer's day": (
+        "insert into raw.usage_events select event_id + 50000000, customer_id, usage_date, sessions, minutes, "
+        "ingest_date from raw.usage_events where event_id in "
+        "(select min(event_id) from raw.usage_events where ingest_date = '{day}')",
+        "source_unique_combination_simulator_usage_events_customer_id__usage_date",
+    ),
+    "payment dated after its ingest_date": (
+        "update raw.payments set attempted_at = attempted_at + interval '2 days' where payment_id in "
+        "(select max(payment_id) from raw.payments where ingest_date = '{day}')",
+        "source_dated_within_lateness_simulator_payments_attempted_at",
+    ),
+    "ticket backdated past the allowed lateness": (
+        "update raw.support_tickets set opened_at = opened_at - interval '10 days' where ticket_id in "
+        "(select max(ticket_id) from raw.support_tickets where ingest_date = '{day}')",
+        "source_dated_within_lateness_simulator_support_tickets_opened_at",
+    ),
 }
 
 
@@ -149,3 +170,60 @@ def test_bad_raw_input_fails_the_build_by_name_and_publishes_nothing(warehouse_s
     with Warehouse.connect(warehouse_settings) as wh:
         assert wh.scalar(f"select count(*) from {FEATURES} where as_of_date = '{day}'") == 0
         assert wh.scalar(f"select max(as_of_date) from {FEATURES}") == day - timedelta(days=1)
+
+
+def _features_on(settings, day: date) -> int:
+    return _rows(settings, f"select count(*) as n from {FEATURES} where as_of_date = '{day}'")[0]["n"]
+
+
+def test_dates_that_never_landed_are_refused_by_name_and_nothing_is_replaced(warehouse_settings, small_sim):
+    """Past the watermark, or with a lost day in the features' 90-day look-back, the feature mart refuses."""
+    load_days(small_sim, _days(small_sim, 0, 39), settings=warehouse_settings)
+    watermark = small_sim.start + timedelta(days=39)
+    _build(warehouse_settings, vars={"start_date": str(watermark), "end_date": str(watermark)})
+    built = _features_on(warehouse_settings, watermark)
+    assert built > 200
+
+    last = watermark + timedelta(days=9)
+    result = _build(warehouse_settings, vars={"start_date": str(watermark), "end_date": str(last)},
+                    expect_success=False)
+    assert "model.tidemark.customer_features_daily" in result.failures
+    assert f"{watermark + timedelta(days=1)}..{last}" in result.output
+    assert f"loaded through {watermark} (the watermark)" in result.output
+    assert _rows(warehouse_settings, f"select max(as_of_date) as d from {FEATURES}")[0]["d"] == watermark
+    assert _features_on(warehouse_settings, watermark) == built
+
+    lost = watermark - timedelta(days=5)
+    with Warehouse.connect(warehouse_settings) as wh:
+        for table in ("customers", "subscription_events", "usage_events", "payments", "support_tickets"):
+            wh.execute(f"delete from raw.{table} where ingest_date = '{lost}'")
+    result = _build(warehouse_settings, vars={"start_date": str(watermark), "end_date": str(watermark)},
+                    expect_success=False)
+    assert "model.tidemark.customer_features_daily" in result.failures
+    assert f"have not landed: {lost}. The raw data is loaded through {watermark}" in result.output
+    assert _features_on(warehouse_settings, watermark) == built
+
+
+VOLUME_TEST = "source_daily_volume_simulator_usage_events_ingest_date"
+
+
+def test_an_empty_or_thin_day_fails_the_volume_test_and_publishes_nothing(warehouse_settings, small_sim):
+    """A day whose usage rows are gone, or mostly gone, while the other tables landed, fails by name."""
+    load_days(small_sim, _days(small_sim, 0, 41), settings=warehouse_settings)
+    first = small_sim.start + timedelta(days=39)
+    _build(warehouse_settings, vars={"start_date": str(first), "end_date": str(first)})
+    empty, thin = first + timedelta(days=1), first + timedelta(days=2)
+    with Warehouse.connect(warehouse_settings) as wh:
+        wh.execute(f"delete from raw.usage_events where ingest_date = '{empty}'")
+        wh.execute(f"delete from raw.usage_events where ingest_date = '{thin}' and event_id % 10 <> 0")
+        kept = wh.scalar(f"select count(*) from raw.usage_events where ingest_date = '{thin}'")
+        assert wh.scalar(f"select count(*) from raw.payments where ingest_date = '{empty}'") > 0
+    result = _build(warehouse_settings, vars={"start_date": str(empty), "end_date": str(thin)}, expect_success=False)
+    assert any(VOLUME_TEST in node for node in result.failures), result.failures
+    assert VOLUME_TEST in result.output
+    failing = _rows(warehouse_settings, "select landed_date, row_count, loaded_through "
+                                        f"from dbt_test__audit.{VOLUME_TEST} order by landed_date")
+    assert failing == [{"landed_date": empty, "row_count": 0, "loaded_through": thin},
+                       {"landed_date": thin, "row_count": kept, "loaded_through": thin}]
+    assert 0 < kept < 50
+    assert _rows(warehouse_settings, f"select max(as_of_date) as d from {FEATURES}")[0]["d"] == first

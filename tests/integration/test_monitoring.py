@@ -368,3 +368,23 @@ def test_drift_requests_one_retrain_the_cooldown_holds_and_the_gate_decides(worl
     assert any("bootstrap CI" in r for r in reasons) and any("segment" in r for r in reasons)
     expected = "v0002" if rows[-1]["decision"] == "promoted" else "v0001"
     assert world["registry"].alias("churn").version == expected
+
+
+def test_monitoring_past_the_features_watermark_is_refused_and_no_days_mean_the_watermark_day(world):
+    from datetime import timedelta
+
+    from ml.core.errors import TidemarkError
+    from ml.monitoring.steps import monitor_days, plan_monitoring
+
+    settings, spec = world["settings"], world["spec"]
+    late = SIM.end + timedelta(days=1)
+    with Warehouse.connect(settings, read_only=True) as wh:
+        before = wh.scalar("select count(*) from ml.drift_metrics")
+    with pytest.raises(TidemarkError, match=rf"refusing to monitor churn {SIM.end}\.\.{late}: {late} is after the "
+                                            rf"features watermark {SIM.end} \(the latest as-of date in {FEATURES}\)"):
+        monitor_days(spec, settings, {"start": str(SIM.end), "end": str(late)})
+    with Warehouse.connect(settings, read_only=True) as wh:
+        assert wh.scalar("select count(*) from ml.drift_metrics") == before
+
+    plan = plan_monitoring(spec, settings, None)
+    assert (plan["start"], plan["end"], plan["version"]) == (str(SIM.end), str(SIM.end), "v0001")

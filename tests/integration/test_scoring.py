@@ -327,3 +327,53 @@ def test_a_cached_champion_that_was_altered_is_fetched_again_before_it_scores(wo
     reloaded, _, again = load_champion(spec, settings)
     assert again == version
     assert artifact.read_bytes() == good  # the registry's verified copy replaced it
+
+
+# -- the features watermark -----------------------------------------------------------------------
+def test_scoring_a_day_after_the_features_watermark_is_refused_and_writes_nothing(world, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+    from ml.scoring.score import run_folder
+
+    settings, dag = world["settings"], world["dag"]
+    late = SIM.end + timedelta(days=1)
+    for key, value in {"TIDEMARK_HOME": str(settings.home), "TIDEMARK_WAREHOUSE_URL": settings.warehouse.url,
+                       "TIDEMARK_REGISTRY_URI": settings.registry_uri}.items():
+        monkeypatch.setenv(key, value)
+    before = _read(settings, "select as_of_date, count(*) as n, max(scored_at) as at from ml.predictions "
+                             "group by 1 order by 1") if _has_predictions(settings) else []
+
+    result = CliRunner().invoke(app, ["score", "--spec", str(world["spec_path"]), "--date", late.isoformat()])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith(f"error: refusing to score churn {late}: {late} is after the features "
+                                    f"watermark {SIM.end} (the latest as-of date in {FEATURES})"), result.stderr
+    assert not (settings.home / "runs" / "score" / f"cli-{late}-{late}").exists()
+
+    asked = {"start": SIM.end.isoformat(), "end": (SIM.end + timedelta(days=2)).isoformat()}
+    run = dag.test(run_conf=asked)
+    states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+    assert run.state == "failed" and states["resolve_interval"] == "failed", states
+    assert not run_folder(settings, run.run_id).exists()
+    assert _asset_events("predictions", run.run_id) == []
+    after = _read(settings, "select as_of_date, count(*) as n, max(scored_at) as at from ml.predictions "
+                            "group by 1 order by 1") if _has_predictions(settings) else []
+    assert after == before
+
+
+def test_a_score_batch_run_with_no_conf_scores_the_features_watermark_day(world):
+    settings, dag = world["settings"], world["dag"]
+    run = dag.test()
+    states = {f"{ti.task_id}[{ti.map_index}]" if ti.map_index >= 0 else ti.task_id: str(ti.state)
+              for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    day = SIM.end.isoformat()
+    assert _asset_events("predictions", run.run_id) == [{"start": day, "end": day, "model": "churn",
+                                                         "version": "v0001"}]
+    got = _partition(settings, SIM.end)
+    assert got["rows"] == got["features"] > 300 and got["unmatched"] == 0
+
+
+def _has_predictions(settings: Settings) -> bool:
+    with Warehouse.connect(settings, read_only=True) as wh:
+        return wh.table_exists("ml.predictions")

@@ -10,7 +10,14 @@ from ml.ingest.steps import sim_config
 from ml.orchestration.intervals import (
     OrchestrationError,
     interval_days,
+    requested_interval,
     resolve_interval,
+)
+from ml.orchestration.watermarks import (
+    Landed,
+    build_interval,
+    features_interval,
+    landed_span,
 )
 
 
@@ -104,3 +111,66 @@ def test_sim_config_reaches_the_interval_end_from_the_params():
     assert sim_config({}, date(2025, 1, 1)).drift_date == date(2025, 4, 1)  # defaults fill missing params
     with pytest.raises(OrchestrationError, match="before the simulation starts"):
         sim_config({"sim_start": "2025-01-01"}, date(2024, 12, 31))
+
+
+# -- watermarks -----------------------------------------------------------------------------------
+def days(first: str, last: str) -> list[date]:
+    return interval_days({"start": first, "end": last})
+
+
+def test_a_run_asked_for_nothing_requests_no_days_whatever_its_data_interval():
+    assert requested_interval({}, {RAW: [SimpleNamespace(extra={})]}) is None
+    assert requested_interval(None, {OTHER: [event("2025-01-01", "2025-01-02")]}) is None
+    assert requested_interval({"end": "2025-02-03"}, None) == {"start": "2025-02-03", "end": "2025-02-03"}
+
+
+def test_the_loaded_watermark_is_the_last_day_before_the_first_gap():
+    landed = days("2025-01-01", "2025-01-10") + days("2025-01-12", "2025-01-20")
+    assert landed_span(reversed(landed)) == Landed(date(2025, 1, 1), date(2025, 1, 10))
+    assert landed_span(days("2025-01-01", "2025-01-20") * 2) == Landed(date(2025, 1, 1), date(2025, 1, 20))
+    assert landed_span([]) is None
+
+
+LANDED = Landed(date(2025, 1, 1), date(2025, 2, 14))
+
+
+@pytest.mark.parametrize("features, expected", [
+    (None, ("2025-01-01", "2025-02-14")),  # no features yet: every landed day
+    (date(2025, 2, 9), ("2025-02-10", "2025-02-14")),  # the days since the features watermark
+    (date(2025, 2, 14), ("2025-02-14", "2025-02-14")),  # up to date: the watermark's day again
+    (date(2026, 12, 4), ("2025-02-14", "2025-02-14")),  # features past the raw data do not move it
+    (date(2024, 6, 1), ("2025-01-01", "2025-02-14")),  # nor do features before it
+])
+def test_a_build_asked_for_nothing_covers_the_days_up_to_the_loaded_watermark(features, expected):
+    got = build_interval(None, LANDED, features)
+    assert (got["start"], got["end"]) == expected
+
+
+def test_a_build_asked_for_days_up_to_the_loaded_watermark_builds_them():
+    asked = {"start": "2025-02-01", "end": "2025-02-14"}
+    assert build_interval(asked, LANDED, date(2025, 1, 5)) == asked
+
+
+def test_a_build_asked_past_the_loaded_watermark_names_the_days_and_the_watermark():
+    with pytest.raises(OrchestrationError, match=r"refusing to build features for 2025-02-10\.\.2025-02-20: "
+                                                 r"2025-02-15\.\.2025-02-20 are after the loaded watermark 2025-02-14"):
+        build_interval({"start": "2025-02-10", "end": "2025-02-20"}, LANDED, None)
+    with pytest.raises(OrchestrationError, match=r"2026-12-04: 2026-12-04 is after the loaded watermark 2025-02-14.*"
+                                                 r"ask for days up to 2025-02-14"):
+        build_interval({"start": "2026-12-04", "end": "2026-12-04"}, LANDED, None)
+    with pytest.raises(OrchestrationError, match="no raw day has landed"):
+        build_interval(None, None, None)
+
+
+def test_scoring_is_bounded_by_the_features_watermark():
+    relation, wm = "marts.customer_features_daily", date(2025, 3, 21)
+    assert features_interval(None, wm, action="score churn", relation=relation) == {
+        "start": "2025-03-21", "end": "2025-03-21"}
+    asked = {"start": "2025-03-20", "end": "2025-03-21"}
+    assert features_interval(asked, wm, action="score churn", relation=relation) == asked
+    with pytest.raises(OrchestrationError, match=r"refusing to score churn 2025-03-21\.\.2025-03-23: 2025-03-22"
+                                                 r"\.\.2025-03-23 are after the features watermark 2025-03-21 "
+                                                 r"\(the latest as-of date in marts.customer_features_daily\)"):
+        features_interval({"start": "2025-03-21", "end": "2025-03-23"}, wm, action="score churn", relation=relation)
+    with pytest.raises(OrchestrationError, match="marts.customer_features_daily holds no feature rows"):
+        features_interval(None, None, action="monitor churn", relation=relation)

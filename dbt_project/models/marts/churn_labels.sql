@@ -2,7 +2,8 @@
   One row per customer per as_of_date whose label horizon has closed: churned = 1 when the customer
   cancels within horizon_days after as_of_date (in (as_of_date, as_of_date + horizon_days]).
   A date is emitted only once the raw data covers as_of_date + horizon_days. Incremental: a run
-  labels the dates whose horizon closes inside [start_date, end_date].
+  labels the dates whose horizon closes inside [start_date, end_date], and fails when a landed span
+  it reads has a missing day (macros/require_landed_dates.sql).
 -#}
 {{
     config(
@@ -14,6 +15,8 @@
 }}
 
 {%- set horizon = var('horizon_days') | int %}
+
+{{ require_landed_dates(ref('int_loaded_days_unioned'), 'loaded_date', lookback_days=horizon, within_span=true) }}
 
 with
 

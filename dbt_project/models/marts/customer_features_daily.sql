@@ -2,7 +2,9 @@
   One row per active customer per as_of_date. Every feature uses only events dated on or before
   as_of_date (the cutoff is the end of that day). Incremental on as_of_date: a run builds exactly
   the dates in [start_date, end_date] (dbt vars) and replaces them; without vars it builds every
-  date the raw data spans.
+  date the raw data spans. A date that has not landed (after the watermark, or missing between
+  landed days, up to 90 days back) fails the run before anything is replaced
+  (macros/require_landed_dates.sql).
 -#}
 {{
     config(
@@ -12,6 +14,9 @@
         on_schema_change='fail'
     )
 }}
+
+{#- 90: the longest window below; a gap inside it would silently shrink the features. -#}
+{{ require_landed_dates(ref('int_loaded_days_unioned'), 'loaded_date', lookback_days=90) }}
 
 with
 
