@@ -6,7 +6,9 @@ compares the best one with the current champion on the same out-of-time rows, an
 gate decide. Runs on the spec's schedule (weekly for churn) and whenever the `retrain_requested` asset is
 updated; a spec with `schedule: null` retrains only on request.
 
-1. `extract` reads every label known at the as-of date (conf `as_of`, else the triggering event's
+1. `extract` first completes any promotion that a killed run left half done and checks that the current
+   champion downloads and loads (a damaged champion stops the run here, before anything is fitted). It then
+   reads every label known at the as-of date (conf `as_of`, else the triggering event's
    `as_of`, else the run's data interval end) from the warehouse as Arrow, and splits it by time with
    gaps of at least the label horizon.
 2. `train_cpu` / `train_gpu` fit one candidate per mapped task. The PyTorch candidates run in the `gpu`
@@ -14,7 +16,8 @@ updated; a spec with `schedule: null` retrains only on request.
 3. `evaluate` picks the challenger on validation and scores it and the champion on the test window,
    with a paired bootstrap interval on the primary metric's difference.
 4. `gate` applies the spec's promotion policy. `promote` publishes the version to the registry, records
-   the decision in the registry and in `ml.model_promotions`, and moves the champion alias when it passed.
+   the decision with its intent, moves the champion alias when it passed, then writes `ml.model_promotions`;
+   a retry (or `python -m ml registry repair`) completes a promotion that was interrupted.
 5. `publish_champion` updates the `champion` asset only when the champion changed.
 """
 
@@ -49,9 +52,10 @@ GPU_CANDIDATES = [c.name for c in spec.candidates if c.uses_gpu]
 def train_model():
     @task(pool=WAREHOUSE_POOL)
     def extract(dag_run=None, triggering_asset_events=None, data_interval_end=None) -> dict:
-        """Read and split the labelled rows known at the as-of date."""
-        from ml.training.steps import extract_step
+        """Check the champion, then read and split the labelled rows known at the as-of date."""
+        from ml.training.steps import extract_step, prepare_step
 
+        prepare_step(spec, settings)
         as_of = resolve_as_of(dag_run.conf, triggering_asset_events, data_interval_end, dag_run.run_after)
         return extract_step(spec, settings, dag_run.run_id, as_of)
 

@@ -1,4 +1,4 @@
-"""`python -m ml registry ...`: inspect the model registry, promote a version by hand, roll back."""
+"""`python -m ml registry ...`: inspect the model registry, promote a version by hand, roll back, repair."""
 
 from __future__ import annotations
 
@@ -22,20 +22,43 @@ def _registry():
 
 @app.command("list")
 def registry_list(model: Optional[str] = typer.Argument(None, help="Model name; all models when left out.")) -> None:
-    """Versions with their primary metric, and where the aliases point."""
+    """Versions with their primary metric and state, and where the aliases point; exit code 1 when a champion
+    is damaged."""
+    from ml.registry.repair import scan
+
     reg = _registry()
-    for name in [model] if model else reg.models():
-        aliases = {a: reg.alias(name, a).version for a in ("champion", "challenger")}
+    unusable = []
+    for name in [model] if model else reg.models(unpublished=True):
+        states = {a: reg.alias(name, a, damaged_ok=True) for a in ("champion", "challenger")}
         table = Table(title=f"{name} in {reg.uri}")
-        for col in ("version", "created", "candidate", "as of", "roc_auc", "aliases"):
+        for col in ("version", "created", "candidate", "as of", "roc_auc", "aliases", "state"):
             table.add_column(col)
-        for info in reg.versions(name):
-            m = info.manifest
-            tags = ", ".join(a for a, v in aliases.items() if v == info.version)
+        problems, healths = {}, scan(reg, name)
+        for health in healths:
+            if health.state == "unpublished":
+                continue
+            m = health.info.manifest if health.info else {}
+            tags = ", ".join(a for a, s in states.items() if s.version == health.version)
             auc = m.get("metrics", {}).get("roc_auc")
-            table.add_row(info.version, m.get("created_at", "")[:19], m.get("candidate", ""), str(m.get("as_of")),
-                          "" if auc is None else f"{auc:.4f}", tags)
+            table.add_row(health.version, m.get("created_at", "")[:19], m.get("candidate", ""),
+                          str(m.get("as_of", "")), "" if auc is None else f"{auc:.4f}", tags, health.state)
+            if health.problem:
+                problems[health.version] = health.problem
         console.print(table)
+        for version, problem in problems.items():
+            console.print(f"{name} {version} damaged: {problem}", soft_wrap=True, markup=False)
+        champion = states["champion"]
+        if champion.damage:
+            unusable.append((name, f"the champion alias of {name} is damaged: {champion.damage}"))
+        elif champion.version in problems:
+            unusable.append((name, f"the champion of {name} is {champion.version}, which is damaged"))
+        elif champion.version and not any(h.version == champion.version for h in healths):
+            unusable.append((name, f"the champion of {name} is {champion.version}, which is not in the registry"))
+    for name, line in unusable:
+        console.print(f"error: {line}; move it with `python -m ml registry promote {name} <version> --reason ...` "
+                      f"or `python -m ml registry rollback {name}`", soft_wrap=True, markup=False)
+    if unusable:
+        raise typer.Exit(1)
 
 
 @app.command("show")
@@ -63,6 +86,35 @@ def registry_promote(
     """Point an alias at a version by hand (compare-and-swap; the gate is not consulted)."""
     state = _registry().promote(model, version, actor=Settings.from_env().actor, reason=reason, alias=alias)
     console.print(f"{model} {alias} -> {state.version}")
+
+
+@app.command("repair")
+def registry_repair(
+    model: Optional[str] = typer.Argument(None, help="Model name; all models when left out."),
+    stale_after: float = typer.Option(600.0, help="Seconds after which a temporary file has no live writer."),
+) -> None:
+    """Complete promotions that a killed run left half done, remove stale temporary files, report leftovers."""
+    from ml.registry.repair import repair
+    from ml.training.records import record_promotion
+
+    settings = Settings.from_env()
+    reg = _registry()
+    for name in [model] if model else reg.models(unpublished=True):
+        report = repair(reg, name, lambda row: record_promotion(settings, row), temp_age_s=stale_after)
+        for line in report.lines() or [f"{name}: nothing to repair"]:
+            console.print(line, soft_wrap=True, markup=False)
+
+
+@app.command("keygen")
+def registry_keygen(directory: str = typer.Argument(..., help="Folder for the new key pair.")) -> None:
+    """Write an Ed25519 key pair for signed manifests: the private key (mode 0600) and the public key."""
+    from pathlib import Path
+
+    from ml.registry.signing import generate_keypair
+
+    private, public = generate_keypair(Path(directory))
+    console.print(f"signing key (keep it secret; TIDEMARK_SIGNING_KEY for training): {private}", soft_wrap=True)
+    console.print(f"verify key (TIDEMARK_VERIFY_KEY for scoring): {public}", soft_wrap=True)
 
 
 @app.command("rollback")

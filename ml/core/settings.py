@@ -113,6 +113,10 @@ class Settings:
     public_data: Path | None = None
     # Tests only: seconds that publishing scores waits inside its transaction, so a test can kill it there.
     publish_pause_s: float = 0.0
+    # Ed25519 private key (PEM) that signs each published manifest; None: manifests are not signed.
+    signing_key: Path | None = None
+    # Ed25519 public key (PEM); when set, a version whose manifest signature is missing or wrong is refused.
+    verify_key: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.registry_uri:  # the embedded default: a directory under home
@@ -135,6 +139,8 @@ class Settings:
         endpoint = env.get("TIDEMARK_S3_ENDPOINT_URL", "").strip() or None
         public = env.get("TIDEMARK_PUBLIC_DATA", "").strip()
         pause = env.get("TIDEMARK_TEST_PAUSE_IN_PUBLISH", "").strip() or "0"
+        signing_key = env.get("TIDEMARK_SIGNING_KEY", "").strip()
+        verify_key = env.get("TIDEMARK_VERIFY_KEY", "").strip()
         try:
             pause_s = float(pause)
         except ValueError:
@@ -147,6 +153,8 @@ class Settings:
             worker_name=env.get("TIDEMARK_WORKER_NAME", "").strip(),
             public_data=Path(public) if public else None,
             publish_pause_s=pause_s,
+            signing_key=Path(signing_key) if signing_key else None,
+            verify_key=Path(verify_key) if verify_key else None,
         )
 
     @property
@@ -216,6 +224,8 @@ class Settings:
             "TIDEMARK_MODEL_SPEC": self.model_spec,
             "TIDEMARK_GPU_QUEUE": self.gpu_queue,
             **({"TIDEMARK_S3_ENDPOINT_URL": self.s3_endpoint_url} if self.s3_endpoint_url else {}),
+            **({"TIDEMARK_SIGNING_KEY": str(self.signing_key)} if self.signing_key else {}),
+            **({"TIDEMARK_VERIFY_KEY": str(self.verify_key)} if self.verify_key else {}),
             **connection,
         }
 

@@ -9,23 +9,28 @@ registry's sha256 of every file each time they are used.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from ml.core.errors import TidemarkError
 from ml.core.settings import Settings
 from ml.registry.registry import MANIFEST, Registry
-from ml.registry.stores import RegistryError
+from ml.registry.stores import IntegrityError, RegistryError, load_json
 
 log = logging.getLogger(__name__)
 
 
 class NoChampion(RegistryError):
     """A model has no champion yet; the message says how to train one."""
+
+
+class ChampionUnusable(IntegrityError):
+    """The champion cannot be downloaded or loaded; the message says how to move the champion off it."""
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,29 @@ def resolve_champion(settings: Settings, model: str, version: str | None = None,
     version = version or champion_version(settings, model)
     registry = Registry.from_settings(settings)
     directory = cached_version(registry, model, version, settings.home / "cache" / "models", refresh=refresh)
-    manifest = json.loads((directory / MANIFEST).read_text())
+    path = directory / MANIFEST
+    manifest = load_json(path.read_bytes(), path.as_uri(), f"delete {directory} and it is fetched again")
     return Champion(model, version, directory, manifest)
+
+
+def usable_champion(settings: Settings, model: str, load: Callable[[Path], object]) -> Champion | None:
+    """The current champion, downloaded anew (every artifact verified) and loaded with `load`; None before the
+    first promotion. ChampionUnusable, saying how to move the champion, when either step fails."""
+    version = None
+    try:
+        version = champion_version(settings, model)
+        champion = resolve_champion(settings, model, version, refresh=True)
+        load(champion.directory)
+    except NoChampion:
+        return None
+    except (TidemarkError, OSError, ValueError) as exc:
+        raise ChampionUnusable(
+            f"the champion {version or '(alias unreadable)'} of {model!r} cannot be used: {exc}. Nothing was "
+            f"trained. Move the champion to a good version first: `python -m ml registry promote {model} <version> "
+            f"--reason ...` or `python -m ml registry rollback {model} --reason ...` (`python -m ml registry list "
+            f"{model}` shows which versions are damaged)"
+        ) from exc
+    return champion
 
 
 def cached_version(registry: Registry, model: str, version: str, root: Path, *, refresh: bool = False) -> Path:

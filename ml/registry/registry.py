@@ -4,6 +4,7 @@ One layout on two backends, a local directory (`file:///abs/dir`) or an S3 bucke
 
     <model>/versions/v0001/.claim           put-if-absent claim that reserves the number
     <model>/versions/v0001/<artifacts>      written once
+    <model>/versions/v0001/manifest.sig     optional Ed25519 signature of the manifest, written just before it
     <model>/versions/v0001/manifest.json    written last; a version without it does not exist
     <model>/aliases/champion.json           pointer plus its history, changed only by compare-and-swap
     <model>/records/<kind>/<name>.json      immutable JSON records (decisions, evaluations)
@@ -23,8 +24,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from ml.registry import signing
 from ml.registry.stores import (  # noqa: F401  (the errors are part of this module's interface)
     ConflictError,
+    DamagedError,
     IntegrityError,
     LocalStore,
     NotFound,
@@ -32,6 +35,8 @@ from ml.registry.stores import (  # noqa: F401  (the errors are part of this mod
     S3Store,
     Store,
     _check_key,
+    load_json,
+    salvage_entries,
 )
 
 URI_EXAMPLES = "file:///abs/path/registry, s3://bucket/prefix"
@@ -75,16 +80,20 @@ class AliasState:
     version: str | None
     etag: str | None
     history: tuple[dict, ...]
+    damage: str | None = None  # why the stored alias could not be read; history then holds what still parsed
 
 
 class Registry:
-    """Publish, list, fetch and promote model versions over a `Store`."""
+    """Publish, list, fetch and promote model versions over a `Store`; optionally signing or verifying manifests."""
 
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, *, signing_key=None, verify_key=None):
         self.store = store
+        self.signing_key, self.verify_key = signing_key, verify_key
 
     @classmethod
-    def from_uri(cls, uri: str, *, endpoint_url: str | None = None) -> "Registry":
+    def from_uri(cls, uri: str, *, endpoint_url: str | None = None, read_timeout_s: float = 60.0) -> "Registry":
+        """The registry at `uri`; on S3, throttling, 5xx, dropped connections and read timeouts
+        (after `read_timeout_s`) are retried with exponential backoff, 5 attempts in all."""
         parts = urlsplit(uri.strip())
         path = unquote(parts.path)
         if parts.scheme == "file" and parts.netloc in ("", "localhost") and path.startswith("/") and path != "/":
@@ -93,8 +102,9 @@ class Registry:
             import boto3
             from botocore.config import Config
 
-            config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10, read_timeout=60,
-                            s3={"addressing_style": "path"} if endpoint_url else None)
+            # botocore's standard mode retries SlowDown, 500/502/503/504, connection errors and read timeouts.
+            config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10,
+                            read_timeout=read_timeout_s, s3={"addressing_style": "path"} if endpoint_url else None)
             # A session of its own reads the credentials now: boto3's default session keeps the first ones it found.
             client = boto3.session.Session().client("s3", endpoint_url=endpoint_url or None, config=config)
             return cls(S3Store(parts.netloc, path, client))
@@ -103,7 +113,10 @@ class Registry:
 
     @classmethod
     def from_settings(cls, settings) -> "Registry":
-        return cls.from_uri(settings.registry_uri, endpoint_url=settings.s3_endpoint_url)
+        """The configured registry, signing with TIDEMARK_SIGNING_KEY and verifying with TIDEMARK_VERIFY_KEY."""
+        store = cls.from_uri(settings.registry_uri, endpoint_url=settings.s3_endpoint_url).store
+        return cls(store, signing_key=settings.signing_key and signing.load_signing_key(settings.signing_key),
+                   verify_key=settings.verify_key and signing.load_verify_key(settings.verify_key))
 
     @property
     def uri(self) -> str:
@@ -130,7 +143,11 @@ class Registry:
             self.store.put_if_absent(f"{model}/versions/{version}/{name}", data)
             files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
         manifest = {**metadata, "files": files, "model": model, "version": version, "created_at": _now()}
-        self.store.put_if_absent(f"{model}/versions/{version}/{MANIFEST}", _dumps(manifest))
+        body = _dumps(manifest)
+        if self.signing_key is not None:
+            self.store.put_if_absent(f"{model}/versions/{version}/{signing.SIGNATURE}",
+                                     signing.sign(self.signing_key, body))
+        self.store.put_if_absent(f"{model}/versions/{version}/{MANIFEST}", body)
         return VersionInfo(model, version, manifest)
 
     def _claim(self, model: str) -> str:
@@ -148,24 +165,42 @@ class Registry:
 
     def versions(self, model: str) -> list[VersionInfo]:
         """Published versions (those with a manifest), oldest first."""
+        return [self.get(model, v) for v in self.version_ids(model)]
+
+    def version_ids(self, model: str) -> list[str]:
+        """The ids of the published versions, oldest first, without reading their manifests."""
         _check_name(model, "model name")
         found = [k.split("/")[2] for k in self.store.list(f"{model}/versions/") if k.endswith(f"/{MANIFEST}")]
-        return [self.get(model, v) for v in sorted(filter(_VERSION.fullmatch, found), key=lambda v: int(v[1:]))]
+        return sorted(filter(_VERSION.fullmatch, found), key=lambda v: int(v[1:]))
 
-    def models(self) -> list[str]:
+    def models(self, *, unpublished: bool = False) -> list[str]:
+        """Models with a published version; with `unpublished`, also those with only artifacts or an alias."""
         keys = self.store.list("")
-        return sorted({k.split("/")[0] for k in keys if re.fullmatch(rf"[^/]+/versions/v\d+/{MANIFEST}", k)})
+        shape = r"[^/]+/(versions/v\d+/.+|aliases/.+)" if unpublished else rf"[^/]+/versions/v\d+/{MANIFEST}"
+        return sorted({k.split("/")[0] for k in keys if re.fullmatch(shape, k)})
 
     def get(self, model: str, version: str) -> VersionInfo:
+        """A version's manifest: NotFound when it was never published, DamagedError when it cannot be read, and
+        IntegrityError when a verify key is set and the manifest's signature is missing or wrong."""
         _check_name(model, "model name")
         _check_name(version, "version", _VERSION)
+        key = f"{model}/versions/{version}/{MANIFEST}"
         try:
-            manifest = json.loads(self.store.get(f"{model}/versions/{version}/{MANIFEST}"))
+            body = self.store.get(key)
         except NotFound:
-            known = [v.version for v in self.versions(model)]
-            raise NotFound(f"model {model!r} has no published version {version!r} (published: {known or 'none'})") \
-                from None
-        return VersionInfo(model, version, manifest)
+            raise self._missing(model, version) from None
+        if self.verify_key is not None:
+            signature = self.store.get_with_etag(f"{model}/versions/{version}/{signing.SIGNATURE}")
+            signing.verify(self.verify_key, body, signature and signature[0], f"{model} {version}")
+        hint = (f"version {version} is unusable; if it is the champion, move the champion with `python -m ml "
+                f"registry promote {model} <version> --reason ...` or `python -m ml registry rollback {model}`")
+        return VersionInfo(model, version, load_json(body, self.store.uri_for(key), hint))
+
+    def _missing(self, model: str, version: str) -> NotFound:
+        known = self.version_ids(model)
+        left = [k for k in self.store.list(f"{model}/versions/{version}/") if not k.endswith("/.claim")]
+        damage = f"; {version} has {len(left)} artifact(s) but no {MANIFEST} (a publish that stopped)" if left else ""
+        return NotFound(f"model {model!r} has no published version {version!r} (published: {known or 'none'}){damage}")
 
     def download(self, model: str, version: str, dest: Path) -> Path:
         """Fetch and verify every artifact of a version into `dest` (plus its manifest); all or nothing.
@@ -210,16 +245,32 @@ class Registry:
 
     # -- aliases ----------------------------------------------------------------------------------
 
-    def alias(self, model: str, alias: str = "champion") -> AliasState:
-        found = self.store.get_with_etag(self._alias_key(model, alias))
+    def alias(self, model: str, alias: str = "champion", *, damaged_ok: bool = False) -> AliasState:
+        """Where `alias` points now. A stored alias that cannot be read raises DamagedError naming its key; with
+        `damaged_ok` it comes back with `damage` set, the history entries that still parse, and the stored etag,
+        so that a promotion or rollback can replace it by compare-and-swap."""
+        key = self._alias_key(model, alias)
+        found = self.store.get_with_etag(key)
         if found is None:
             return AliasState(model, alias, None, None, ())
-        doc = json.loads(found[0])
+        hint = (f"move it with `python -m ml registry promote {model} <version> --reason ...` (or `registry "
+                f"rollback {model}`), which keeps the history entries that still parse")
+        try:
+            doc = load_json(found[0], self.store.uri_for(key), hint)
+            if not isinstance(doc.get("history"), list) or not _VERSION.fullmatch(str(doc.get("version"))):
+                raise DamagedError(f"{self.store.uri_for(key)} is damaged (no version or history); {hint}")
+        except DamagedError as exc:
+            if not damaged_ok:
+                raise
+            history = salvage_entries(found[0], "history")
+            return AliasState(model, alias, None, found[1], history, damage=str(exc).partition("; ")[0])
         return AliasState(model, alias, doc["version"], found[1], tuple(doc["history"]))
 
     def set_alias(self, model: str, alias: str, version: str, *, expected: AliasState, actor: str, reason: str,
-                  action: str = "promote") -> AliasState:
-        """Point `alias` at `version` if it still is as `expected`; ConflictError if someone moved it first."""
+                  action: str = "promote", ref: str | None = None) -> AliasState:
+        """Point `alias` at `version` if it still is as `expected`; ConflictError if someone moved it first.
+
+        `ref` names the record that asked for the move (a decision), so a rerun can tell it already happened."""
         key = self._alias_key(model, alias)
         if (expected.model, expected.alias) != (model, alias):
             raise RegistryError(f"expected state is for {expected.model}/{expected.alias}, not {model}/{alias}")
@@ -231,6 +282,11 @@ class Registry:
             raise NotFound(f"refusing to point {alias!r} at a version that does not exist: {exc}") from None
         entry = {"seq": len(expected.history) + 1, "at": _now(), "actor": actor, "action": action,
                  "from": expected.version, "to": version, "reason": reason}
+        if ref is not None:
+            entry["ref"] = ref
+        if expected.damage:
+            entry["from"] = expected.history[-1]["to"] if expected.history else None
+            entry["note"] = f"the previous alias state was unreadable: {expected.damage}"
         history = (*expected.history, entry)
         doc = {"alias": alias, "model": model, "version": version, "history": list(history)}
         try:
@@ -242,12 +298,13 @@ class Registry:
 
     def promote(self, model: str, version: str, *, actor: str, reason: str, alias: str = "champion",
                 expected: AliasState | None = None) -> AliasState:
-        expected = expected if expected is not None else self.alias(model, alias)
+        """Point `alias` at `version`; works on a damaged alias too, replacing it and keeping what still parses."""
+        expected = expected if expected is not None else self.alias(model, alias, damaged_ok=True)
         return self.set_alias(model, alias, version, expected=expected, actor=actor, reason=reason)
 
     def rollback(self, model: str, *, actor: str, reason: str, alias: str = "champion") -> AliasState:
         """Point `alias` back at the version it held before its current one (repeatable)."""
-        state = self.alias(model, alias)
+        state = self.alias(model, alias, damaged_ok=True)
         stack: list[str] = []
         for entry in state.history:  # promotions push, rollbacks pop; a repeated promotion is not a new step
             if entry["action"] == "rollback":
@@ -271,10 +328,18 @@ class Registry:
         return self.store.uri_for(key)
 
     def records(self, model: str, kind: str) -> list[dict]:
+        return [self.record(model, kind, name) for name in self.record_names(model, kind)]
+
+    def record_names(self, model: str, kind: str) -> list[str]:
+        """The names of a kind's records, sorted, from one listing."""
         prefix = self._record_prefix(model, kind)
-        names = sorted(k[len(prefix):-5] for k in self.store.list(prefix)
-                       if k.endswith(".json") and "/" not in k[len(prefix):])
-        return [json.loads(self.store.get(f"{prefix}{name}.json")) for name in names]
+        return sorted(k[len(prefix):-5] for k in self.store.list(prefix)
+                      if k.endswith(".json") and "/" not in k[len(prefix):])
+
+    def record(self, model: str, kind: str, name: str) -> dict:
+        key = self._record_prefix(model, kind) + _check_name(name, "record name", _RECORD_NAME) + ".json"
+        hint = "records are written once: restore it from a backup, or delete it to drop the record"
+        return load_json(self.store.get(key), self.store.uri_for(key), hint)
 
     def _record_prefix(self, model: str, kind: str) -> str:
         return f"{_check_name(model, 'model name')}/records/{_check_name(kind, 'record kind')}/"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +31,41 @@ class ConflictError(RegistryError):
 
 class IntegrityError(RegistryError):
     """A stored artifact does not match its manifest (missing, truncated or altered)."""
+
+
+class DamagedError(RegistryError):
+    """A stored object cannot be read (not JSON, truncated, or missing); the message names its key."""
+
+
+def load_json(data: bytes, uri: str, hint: str) -> dict:
+    """Parse a stored JSON object; DamagedError naming `uri` and saying what to do (`hint`) when it cannot."""
+    try:
+        doc = json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DamagedError(f"{uri} is damaged ({len(data)} bytes, not valid JSON: {exc}); {hint}") from None
+    if not isinstance(doc, dict):
+        raise DamagedError(f"{uri} is damaged (a JSON {type(doc).__name__}, not an object); {hint}")
+    return doc
+
+
+def salvage_entries(data: bytes, field: str) -> tuple[dict, ...]:
+    """The complete objects at the start of the list `field` in a damaged JSON document (e.g. an alias's history
+    cut short by a truncated write); each must carry a string "to"."""
+    text = data.decode("utf-8", errors="replace")
+    start = text.find(f'"{field}": [')
+    if start < 0:
+        return ()
+    decoder, pos, entries = json.JSONDecoder(), start + len(f'"{field}": ['), []
+    while True:
+        pos = len(text) - len(text[pos:].lstrip(" \n\r\t,"))
+        try:
+            entry, pos = decoder.raw_decode(text, pos)
+        except ValueError:
+            break
+        if not isinstance(entry, dict) or not isinstance(entry.get("to"), str):
+            break
+        entries.append(entry)
+    return tuple(entries)
 
 
 def _check_key(key: str) -> str:
@@ -134,24 +170,31 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def _call(self, method: str, key: str, **kwargs) -> dict | None:
-        """Call the client; None for a missing key or failed precondition, RegistryError otherwise."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        """Call the client (which retries transient faults); None for a missing key or failed precondition,
+        RegistryError naming the URI and the endpoint otherwise."""
+        from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+        from botocore.exceptions import ConnectionError as S3ConnectionError
 
+        endpoint = self.client.meta.endpoint_url
         try:
             return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
         except ClientError as exc:
-            error = exc.response.get("Error", {})
-            code, status = error.get("Code", ""), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
+            code, status = error.get("Code", ""), meta.get("HTTPStatusCode")
             if code == "NoSuchBucket":
                 raise RegistryError(
-                    f"S3 bucket {self.bucket!r} does not exist at {self.client.meta.endpoint_url}; "
+                    f"S3 bucket {self.bucket!r} does not exist at {endpoint}; "
                     "create it or point TIDEMARK_REGISTRY_URI / TIDEMARK_S3_ENDPOINT_URL elsewhere"
                 ) from None
             if code in ("NoSuchKey", "PreconditionFailed", "ConditionalRequestConflict") or status in (404, 409, 412):
                 return None
-            raise RegistryError(f"S3 {method} {self.uri_for(key)} failed: {code} {error.get('Message', '')}") from exc
+            tries = meta.get("RetryAttempts", 0) + 1
+            raise RegistryError(f"S3 {method} {self.uri_for(key)} at {endpoint} failed after {tries} attempt(s): "
+                                f"{status} {code} {error.get('Message', '')}".rstrip()) from exc
+        except (S3ConnectionError, HTTPClientError) as exc:
+            raise RegistryError(f"S3 {method} {self.uri_for(key)} at {endpoint} failed after retries: {exc}; "
+                                "check that the S3 endpoint is reachable, or set TIDEMARK_S3_ENDPOINT_URL") from exc
         except BotoCoreError as exc:
-            endpoint = self.client.meta.endpoint_url
             raise RegistryError(f"S3 {method} {self.uri_for(key)} at {endpoint} failed: {exc}") from exc
 
     def put_if_absent(self, key: str, data: bytes) -> None:
@@ -187,6 +230,10 @@ class S3Store:
         keys, token = [], {}
         while True:
             page = self._call("list_objects_v2", prefix, Prefix=self._key(prefix), **token)
+            if page is None:  # a bare 404 to a listing: what answers at the endpoint is not an S3 API
+                raise RegistryError(f"{self.client.meta.endpoint_url} answered HTTP 404 to listing "
+                                    f"{self.uri_for(prefix)}, as no S3 API does; point TIDEMARK_S3_ENDPOINT_URL "
+                                    "at an S3 API")
             cut = len(self._key(""))
             keys += [item["Key"][cut:] for item in page.get("Contents", [])]
             if not page.get("IsTruncated"):

@@ -1,7 +1,8 @@
 """The warehouse copy of the gate's decisions: one row per candidate version in `ml.model_promotions`.
 
 Decisions are recorded twice: as an immutable record in the registry and as this row, which warehouse
-consumers query.
+consumers query. The row is written after the registry's decision and alias move, and rewriting it is
+harmless, so a promotion that a kill interrupted can write it again (ml/registry/promotion.py).
 """
 
 from __future__ import annotations
@@ -19,14 +20,22 @@ PROMOTIONS_TABLE = model_promotions.fullname
 
 
 def record_promotion(settings: Settings, row: dict) -> None:
-    """Write one decision to ml.model_promotions, replacing an earlier row for the same candidate version."""
+    """Write one decision to ml.model_promotions, replacing an earlier row for the same candidate version.
+
+    `decided_at` may be a datetime or an ISO 8601 string (as a registry record keeps it); default: now."""
     row = {
         **row,
         "promotion_id": f"{row['model_name']}/{row['candidate_version']}",
         "reasons": json.dumps(list(row["reasons"])),
-        "decided_at": row.get("decided_at") or datetime.now(timezone.utc).replace(tzinfo=None),
+        "decided_at": _utc(row.get("decided_at") or datetime.now(timezone.utc)),
     }
     schema = arrow_schema(model_promotions)
     table = pa.Table.from_pylist([{name: row.get(name) for name in schema.names}], schema=schema)
     with Warehouse.connect(settings) as wh:
         wh.replace_partitions("promotion_id", row["promotion_id"], {PROMOTIONS_TABLE: table})
+
+
+def _utc(moment: datetime | str) -> datetime:
+    """A naive UTC datetime, as the warehouse column stores it."""
+    moment = datetime.fromisoformat(moment) if isinstance(moment, str) else moment
+    return moment.astimezone(timezone.utc).replace(tzinfo=None) if moment.tzinfo else moment

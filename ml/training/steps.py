@@ -13,7 +13,7 @@ import re
 import socket
 import subprocess
 import time
-from datetime import date
+from datetime import date, datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -22,8 +22,10 @@ import numpy as np
 
 from ml.core.settings import Settings
 from ml.core.spec import CandidateSpec, FeatureSchema, ModelSpec
-from ml.registry import Registry
-from ml.training.candidates import build_candidate
+from ml.registry import Registry, promotion
+from ml.registry.champion import usable_champion
+from ml.registry.repair import repair
+from ml.training.candidates import build_candidate, load_candidate
 from ml.training.data import Extract, extract, load_split
 from ml.training.evaluate import TrainingError, evaluate_step
 from ml.training.gate import decide
@@ -39,6 +41,15 @@ def run_directory(settings: Settings, spec: ModelSpec, run_id: str) -> Path:
 
 
 # -- steps ----------------------------------------------------------------------------------------
+def prepare_step(spec: ModelSpec, settings: Settings) -> dict:
+    """Before anything is fitted: complete promotions a killed run left half done, then check that the champion
+    downloads and loads, so a damaged champion stops the run here and not after every candidate was trained."""
+    registry = Registry.from_settings(settings)
+    report = repair(registry, spec.name, _row_writer(settings))
+    champion = usable_champion(settings, spec.name, load_candidate)
+    return {"champion": champion and champion.version, "repaired": report.lines()}
+
+
 def extract_step(spec: ModelSpec, settings: Settings, run_id: str, as_of: date | None) -> dict:
     """Write the split training set under the run's directory and describe it."""
     return extract(spec, settings, run_directory(settings, spec, run_id) / "data", as_of=as_of).to_dict()
@@ -110,11 +121,49 @@ def gate_step(spec: ModelSpec, evaluation: dict) -> dict:
 
 def promote_step(spec: ModelSpec, settings: Settings, extract_info: dict, evaluation: dict, decision: dict,
                  *, run_id: str, actor: str = "train_model") -> dict:
-    """Publish the challenger as a version, record the decision, and move the champion if it passed."""
+    """Publish the challenger as a version, then promote it as one recoverable unit: the decision with its
+    intent, the champion alias (if the gate passed), the warehouse row. A rerun of this step with the same
+    inputs, or `python -m ml registry repair`, completes what a killed process left half done."""
     ex = Extract.from_dict(extract_info)
     challenger, champion = evaluation["challenger"], evaluation["champion"]
     registry = Registry.from_settings(settings)
-    metadata_ = {
+    write_row = _row_writer(settings)
+    repair(registry, spec.name, write_row)
+    attempt = promotion.attempt_key(run_id, evaluation, decision)
+    version = promotion.published_by(registry, spec.name, attempt)
+    if version and promotion.is_decided(registry, spec.name, version):  # an earlier try got this far
+        return _logged(promotion.finish(registry, spec.name, version, write_row))
+    before = champion and champion["version"]
+    current = registry.alias(spec.name, "champion")
+    if decision["promote"] and current.version != before:
+        raise TrainingError(
+            f"the champion of {spec.name!r} moved from {before} to {current.version} while the challenger was "
+            f"evaluated; the decision is stale, so rerun the training"
+        )
+    if version is None:
+        version = registry.publish(spec.name, Path(challenger["directory"]),
+                                   {**_provenance(spec, settings, ex, challenger, run_id), "attempt": attempt}).version
+    comparison = evaluation["comparison"] or {}
+    row = {
+        "model_name": spec.name, "candidate": challenger["candidate"], "candidate_version": version,
+        "champion_version": before, "decision": decision["decision"], "primary_metric": spec.primary_metric,
+        "challenger_metric": challenger["test"][spec.primary_metric],
+        "champion_metric": champion and champion["test"][spec.primary_metric],
+        "diff_ci_low": comparison.get("ci_low"), "diff_ci_high": comparison.get("ci_high"),
+        "reasons": decision["reasons"], "run_id": run_id, "decided_at": datetime.now(timezone.utc).isoformat(),
+    }
+    record = {"decision": decision["decision"], "reasons": decision["reasons"], "champion_before": before,
+              "champion_after": version if decision["promote"] else before, "comparison": comparison,
+              "run_id": run_id, "attempt": attempt}
+    reason = f"gate passed for run {run_id}: " + "; ".join(decision["reasons"])
+    promotion.begin(registry, spec.name, version, record, promote=decision["promote"], expected=before, actor=actor,
+                    reason=reason, row=row)
+    return _logged(promotion.finish(registry, spec.name, version, write_row))
+
+
+def _provenance(spec: ModelSpec, settings: Settings, ex: Extract, challenger: dict, run_id: str) -> dict:
+    """The manifest metadata of a published challenger: what it is, what it was trained on, with what."""
+    return {
         "candidate": challenger["candidate"], "kind": challenger["kind"], "params": challenger["params"],
         "threshold": challenger["threshold"], "metrics": challenger["test"], "validation": challenger["validation"],
         "importance": challenger.get("importance"), "training_window": ex.windows, "as_of": ex.as_of,
@@ -124,32 +173,21 @@ def promote_step(spec: ModelSpec, settings: Settings, extract_info: dict, evalua
         "dbt_manifest_sha256": _sha256(settings.dbt_manifest), "run_id": run_id, "device": challenger["device"],
         "fit_seconds": challenger["fit_seconds"],
     }
-    version = registry.publish(spec.name, Path(challenger["directory"]), metadata_).version
-    outcome = {"model": spec.name, "version": version, "decision": decision["decision"], "reasons": decision["reasons"],
-               "champion_before": champion and champion["version"], "champion_after": champion and champion["version"]}
-    if decision["promote"]:
-        current = registry.alias(spec.name, "champion")
-        if current.version != outcome["champion_before"]:
-            raise TrainingError(
-                f"the champion of {spec.name!r} moved from {outcome['champion_before']} to {current.version} while "
-                f"{version} was evaluated; the decision is stale, so rerun the training"
-            )
-        reason = f"gate passed for run {run_id}: " + "; ".join(decision["reasons"])
-        registry.promote(spec.name, version, actor=actor, reason=reason, expected=current)
-        outcome["champion_after"] = version
-    comparison = evaluation["comparison"] or {}
-    registry.put_record(spec.name, "decisions", version, {**outcome, "comparison": comparison, "run_id": run_id})
-    record_promotion(settings, {
-        "model_name": spec.name, "candidate": challenger["candidate"], "candidate_version": version,
-        "champion_version": outcome["champion_before"], "decision": decision["decision"],
-        "primary_metric": spec.primary_metric, "challenger_metric": challenger["test"][spec.primary_metric],
-        "champion_metric": champion and champion["test"][spec.primary_metric],
-        "diff_ci_low": comparison.get("ci_low"), "diff_ci_high": comparison.get("ci_high"),
-        "reasons": decision["reasons"], "run_id": run_id,
-    })
-    log.info("%s %s: %s (champion %s -> %s)", spec.name, version, decision["decision"],
+
+
+def _row_writer(settings: Settings) -> Callable[[dict], None]:
+    """Writes a decision's row to ml.model_promotions (an idempotent replace)."""
+    def write(row: dict) -> None:
+        record_promotion(settings, row)
+
+    return write
+
+
+def _logged(outcome: dict) -> dict:
+    log.info("%s %s: %s (champion %s -> %s)", outcome["model"], outcome["version"], outcome["decision"],
              outcome["champion_before"], outcome["champion_after"])
-    return outcome
+    return {key: outcome[key] for key in ("model", "version", "decision", "reasons", "champion_before",
+                                          "champion_after")}
 
 
 # -- provenance -----------------------------------------------------------------------------------
@@ -176,6 +214,8 @@ def _sha256(path: Path) -> str | None:
 def train(spec: ModelSpec, settings: Settings, *, as_of: date | None, run_id: str, actor: str,
           on_step: Callable[[str], None] = lambda step: None) -> dict:
     """Every step in order, in this process: what `python -m ml train` runs."""
+    on_step("check the champion")
+    prepare_step(spec, settings)
     on_step("extract")
     ex = extract_step(spec, settings, run_id, as_of)
     trained = []

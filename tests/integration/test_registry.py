@@ -5,68 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from ml.registry import ConflictError, IntegrityError, NotFound, Registry, RegistryError
+from tests.registry_backends import MODEL, _model_dir, _published
 
-MODEL = "churn"
 WORKERS = 6
 ROUNDS = 3
-
-
-@dataclass(frozen=True)
-class Backend:
-    """A registry URI plus raw access to its storage that bypasses the registry's checks."""
-
-    uri: str
-    endpoint_url: str | None = None
-
-    def registry(self) -> Registry:
-        return Registry.from_uri(self.uri, endpoint_url=self.endpoint_url)
-
-    def _s3(self):
-        import boto3
-
-        parts = urlsplit(self.uri)
-        return boto3.client("s3", endpoint_url=self.endpoint_url), parts.netloc, parts.path.strip("/")
-
-    def raw_put(self, key: str, data: bytes) -> None:
-        if self.uri.startswith("file://"):
-            Path(urlsplit(self.uri).path, key).write_bytes(data)
-        else:
-            client, bucket, prefix = self._s3()
-            client.put_object(Bucket=bucket, Key=f"{prefix}/{key}", Body=data)
-
-    def raw_delete(self, key: str) -> None:
-        if self.uri.startswith("file://"):
-            Path(urlsplit(self.uri).path, key).unlink()
-        else:
-            client, bucket, prefix = self._s3()
-            client.delete_object(Bucket=bucket, Key=f"{prefix}/{key}")
-
-
-@pytest.fixture(params=["local", "s3"])
-def backend(request, tmp_path) -> Backend:
-    if request.param == "local":
-        return Backend((tmp_path / "registry").as_uri())
-    return Backend(request.getfixturevalue("s3_registry_uri"), request.getfixturevalue("s3_server"))
-
-
-def _model_dir(root: Path, tag: str) -> Path:
-    """A small artifact folder with a nested file, different content per tag."""
-    (root / "sub").mkdir(parents=True)
-    (root / "model.json").write_text(json.dumps({"kind": "logistic", "tag": tag}))
-    (root / "weights.bin").write_bytes(hashlib.sha256(tag.encode()).digest() * 64)
-    (root / "sub" / "vocab.txt").write_text(f"a\nb\n{tag}\n")
-    return root
-
-
-def _published(registry: Registry, tmp_path: Path, n: int) -> list[str]:
-    return [registry.publish(MODEL, _model_dir(tmp_path / f"src{i}", f"t{i}"), {"i": i}).version for i in range(n)]
 
 
 def test_publish_list_and_get(backend, tmp_path):
@@ -324,3 +270,31 @@ def test_missing_bucket_is_named(s3_env):
     registry = Registry.from_uri("s3://no-such-bucket-tidemark/models", endpoint_url=s3_env)
     with pytest.raises(RegistryError, match=f"S3 bucket 'no-such-bucket-tidemark' does not exist at {s3_env}"):
         registry.versions(MODEL)
+
+
+def _finish_worker(uri, endpoint_url, index, barrier, results) -> None:
+    from ml.registry import promotion
+
+    registry = Registry.from_uri(uri, endpoint_url=endpoint_url)
+    barrier.wait()
+    results.put((index, promotion.finish(registry, MODEL, "v0001", lambda row: None)))
+
+
+def test_racing_finishers_of_one_half_done_promotion_move_the_alias_once(backend, tmp_path):
+    from ml.registry import promotion
+
+    registry = backend.registry()
+    _published(registry, tmp_path, 1)
+    decision = {"decision": "promoted", "reasons": ["PASS"], "champion_before": None, "champion_after": "v0001"}
+    promotion.begin(registry, MODEL, "v0001", decision, promote=True, expected=None, actor="gate", reason="passed",
+                    row={"model_name": MODEL, "candidate_version": "v0001"})
+    assert promotion.unfinished(registry, MODEL) == ["v0001"]
+
+    results = _run_processes(_finish_worker, lambda i: (backend.uri, backend.endpoint_url, i), WORKERS)
+
+    assert {json.dumps(outcome, sort_keys=True) for _, outcome in results} == {json.dumps(
+        {"model": MODEL, "version": "v0001", "decision": "promoted", "reasons": ["PASS"], "champion_before": None,
+         "champion_after": "v0001"}, sort_keys=True)}
+    history = registry.alias(MODEL).history
+    assert [(h["from"], h["to"], h["ref"]) for h in history] == [(None, "v0001", "decisions/v0001")]
+    assert promotion.unfinished(registry, MODEL) == [] and len(registry.records(MODEL, "completions")) == 1
