@@ -1,4 +1,8 @@
-"""What the commands share: the console, date options and progress displays."""
+"""What the commands share: the console, date options and progress displays.
+
+The console interprets no markup and no emoji codes: what it prints holds paths, names and messages
+from users and files, whose brackets and colons must come out as written. Style goes in as `Text`.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-console = Console(stderr=True, log_path=False)
+console = Console(stderr=True, log_path=False, markup=False, emoji=False)
 
 SpecOption = Annotated[Optional[str], typer.Option(
     "--spec", help="Spec name under ml/specs/ or a path to a spec file (default: TIDEMARK_MODEL_SPEC, else churn).")]
@@ -51,7 +55,9 @@ def interval(day: str | None, start: str | None, end: str | None) -> dict[str, s
 def progress(label: str, *, bar: bool = False) -> Progress:
     """A progress display on stderr that leaves no trace when stderr is not a terminal."""
     counts = [BarColumn(), MofNCompleteColumn()] if bar else []
-    return Progress(TextColumn(f"[bold]{label}"), *counts, TextColumn("{task.description}"), TimeElapsedColumn(),
+    title = label.replace("{", "{{").replace("}", "}}")  # TextColumn formats its text with str.format
+    return Progress(TextColumn(title, style="bold", markup=False), *counts,
+                    TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
                     console=console, transient=not console.is_terminal)
 
 

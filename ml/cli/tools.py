@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ml.cli.common import console, parse_day
 from ml.core.settings import Settings
@@ -93,10 +94,11 @@ def service_start(
 
     settings = Settings.from_env()
     cfg = ServiceConfig.from_env(profile, port)
-    with console.status(f"starting Airflow ({profile} profile)") as status:
-        state = start(settings, cfg, progress=lambda msg: status.update(msg) or console.print(f"  {msg}"))
+    with console.status(Text(f"starting Airflow ({profile} profile)")) as status:  # a str status is read as markup
+        state = start(settings, cfg, progress=lambda msg: status.update(Text(msg)) or console.print(f"  {msg}"))
     user, password = credentials(settings, cfg)
-    console.print(f"[bold green]Airflow is up[/bold green] ({profile} profile, {len(state['processes'])} processes)")
+    console.print(Text("Airflow is up", style="bold green"),
+                  f"({profile} profile, {len(state['processes'])} processes)")
     console.print(f"  UI:    {cfg.url}")
     console.print(f"  login: {user} / {password}")
     console.print(f"  logs:  {settings.airflow_home / 'service' / 'logs'}")
@@ -114,7 +116,8 @@ def service_status() -> None:
         raise typer.Exit(1)
     table = Table("component", "pid", "running", "log")
     for proc in state["processes"]:
-        table.add_row(proc["name"], str(proc["pid"]), "yes" if _alive(proc["pid"]) else "[red]no[/red]", proc["log"])
+        running = "yes" if _alive(proc["pid"]) else Text("no", style="red")
+        table.add_row(proc["name"], str(proc["pid"]), running, proc["log"])
     console.print(f"{state['profile']} profile at {state['url']}")
     console.print(table)
     console.print(json.dumps(health(state["url"]), indent=2))

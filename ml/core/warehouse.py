@@ -18,6 +18,7 @@ import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import BIT
 
+from ml.core.connect_errors import POSTGRES_CONNECT_TIMEOUT_S, duckdb_problem, postgres_problem
 from ml.core.errors import TidemarkError
 from ml.core.settings import Settings, WarehouseTarget
 from ml.core.sql import (
@@ -76,18 +77,23 @@ class Warehouse:
         if target.kind == "duckdb":
             import duckdb
 
-            target.path.parent.mkdir(parents=True, exist_ok=True)
-            self._con = duckdb.connect(str(target.path), read_only=read_only)
+            try:
+                target.path.parent.mkdir(parents=True, exist_ok=True)
+                self._con = duckdb.connect(str(target.path), read_only=read_only)
+            except (duckdb.Error, OSError) as exc:
+                raise WarehouseError(duckdb_problem(target.path, exc)) from exc
         else:
             import psycopg
 
             try:
-                self._con = psycopg.connect(target.dsn(), autocommit=True)
+                self._con = psycopg.connect(target.dsn(), autocommit=True, connect_timeout=POSTGRES_CONNECT_TIMEOUT_S)
             except psycopg.OperationalError as exc:
-                raise WarehouseError(f"cannot connect to PostgreSQL at {target.url}: {exc}".strip()) from exc
+                raise WarehouseError(postgres_problem(target, exc)) from exc
 
     @classmethod
     def connect(cls, settings: Settings | None = None, *, read_only: bool = False) -> "Warehouse":
+        """The settings' warehouse (from the environment when not given); WarehouseError saying what to do
+        when it cannot be opened."""
         return cls((settings or Settings.from_env()).warehouse, read_only=read_only)
 
     def __enter__(self) -> "Warehouse":

@@ -12,6 +12,9 @@ from typing import Sequence
 
 from ml.core.settings import Settings
 
+# dbt commands that never open the warehouse; run_dbt checks that it can be opened before any other.
+_NO_WAREHOUSE = frozenset({"clean", "debug", "deps", "docs", "init", "list", "ls", "parse"})
+
 
 @dataclass(frozen=True)
 class DbtResult:
@@ -34,6 +37,7 @@ def run_dbt(
     read from run_results.json.
     """
     settings = settings or Settings.from_env()
+    _check_warehouse(args, settings)
     env = {**os.environ, **settings.dbt_env()}
     cmd = [dbt_executable(), *args]
     if vars:
@@ -50,6 +54,18 @@ def run_dbt(
     return DbtResult(proc.returncode == 0, proc.returncode, proc.stdout or "", failures)
 
 
+def _check_warehouse(args: Sequence[str], settings: Settings) -> None:
+    """Open and close the warehouse before a dbt command that needs it, so that a warehouse which cannot be
+    opened is one WarehouseError saying what to do rather than dbt's tracebacks."""
+    command = next((arg for arg in args if not arg.startswith("-")), None)
+    if command is None or command in _NO_WAREHOUSE:
+        return
+    from ml.core.warehouse import Warehouse
+
+    with Warehouse.connect(settings):
+        pass
+
+
 def dbt_executable() -> str:
     """The dbt installed next to this Python (the project's virtualenv), else `dbt` on PATH."""
     candidate = Path(sys.executable).with_name("dbt")
@@ -57,14 +73,15 @@ def dbt_executable() -> str:
 
 
 def _target_path(args: Sequence[str], project_dir: Path) -> Path:
-    """Where this invocation writes its artifacts: `--target-path` when given, else dbt_project/target."""
+    """Where this invocation writes its artifacts: `--target-path` when given, else DBT_TARGET_PATH or
+    dbt_project/target."""
     args = list(args)
     for i, arg in enumerate(args):
         if arg == "--target-path" and i + 1 < len(args):
             return project_dir / args[i + 1]
         if arg.startswith("--target-path="):
             return project_dir / arg.split("=", 1)[1]
-    return project_dir / "target"
+    return project_dir / os.environ.get("DBT_TARGET_PATH", "target")
 
 
 def _failed_nodes(run_results: Path) -> list[str]:

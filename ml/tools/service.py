@@ -186,18 +186,19 @@ def components(cfg: ServiceConfig) -> list[Component]:
 def _ensure_database(url: str) -> None:
     """Create the PostgreSQL metadata database if it does not exist."""
     import psycopg
+    from psycopg import sql
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    admin = (f"host={parsed.host or '127.0.0.1'} port={parsed.port or 5432} user={parsed.username or 'postgres'} "
-             "dbname=postgres" + (f" password={parsed.password}" if parsed.password else ""))
+    admin = {"host": parsed.host or "127.0.0.1", "port": parsed.port or 5432, "user": parsed.username or "postgres",
+             "dbname": "postgres", **({"password": parsed.password} if parsed.password else {})}
     try:
-        with psycopg.connect(admin, autocommit=True) as conn:
+        with psycopg.connect(autocommit=True, **admin) as conn:
             exists = conn.execute("select 1 from pg_database where datname = %s", (parsed.database,)).fetchone()
             if not exists:
-                conn.execute(f'create database "{parsed.database}"')
+                conn.execute(sql.SQL("create database {}").format(sql.Identifier(parsed.database)))
     except psycopg.OperationalError as exc:
-        raise ServiceError(f"the metadata database server for {url!r} is not reachable: {exc}") from exc
+        raise ServiceError(f"the metadata database server for {redacted_url(url)!r} is not reachable: {exc}") from exc
 
 
 def _check_broker(url: str) -> None:

@@ -204,3 +204,140 @@ def test_monitor_runs_the_monitor_model_steps_and_prints_drift_and_realized_metr
     assert f"{realized['roc_auc']:.4f}" in _line_with(result.output, f" {SCORED[0]} ")
     request = watched["request"]
     assert ("no retrain requested" if request is None else f"because of {request['reason']}") in result.output
+
+
+# -- known failures: a short message that says what to do, never a traceback -----------------------
+def _cli(home, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m ml ARGS` in a child process, TIDEMARK_HOME at `home` and the given variables set."""
+    variables = {**os.environ, "TIDEMARK_HOME": str(home), "COLUMNS": "400", **env}
+    for name in ("TIDEMARK_WAREHOUSE_URL", "TIDEMARK_REGISTRY_URI", "TIDEMARK_S3_ENDPOINT_URL"):
+        if name not in env:
+            variables.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "ml", *args], cwd=REPO_ROOT, env=variables, capture_output=True,
+                          text=True, timeout=180)
+
+
+def _short_error(result: subprocess.CompletedProcess, *expected: str) -> str:
+    """The stderr of a refused command, checked: exit code 2, a few lines, no traceback, each `expected` text."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) < 5, result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    for text in expected:
+        assert text in result.stderr, result.stderr
+    return result.stderr
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_missing_postgresql_database_says_how_to_create_it_and_hides_the_password(tmp_path):
+    name = f"tidemark_missing_{os.getpid()}_{tmp_path.name[-12:].replace('-', '_')}"
+    url = f"postgresql://postgres:pw-never-shown@127.0.0.1:5432/{name}"
+    stderr = _short_error(_cli(tmp_path, "features", TIDEMARK_WAREHOUSE_URL=url),
+                          f"has no database '{name}'", f"createdb -h 127.0.0.1 -p 5432 -U postgres {name}",
+                          "TIDEMARK_WAREHOUSE_URL")
+    assert "pw-never-shown" not in stderr
+
+
+def test_postgresql_where_nothing_listens_asks_whether_it_is_running(tmp_path):
+    port = _closed_port()
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text("a,b\n1,2\n")
+    url = f"postgresql://postgres:pw-never-shown@127.0.0.1:{port}/tidemark"
+    stderr = _short_error(_cli(tmp_path, "load-csv", str(csv_file), "rows", TIDEMARK_WAREHOUSE_URL=url),
+                          f"is PostgreSQL running at 127.0.0.1:{port}?", "TIDEMARK_WAREHOUSE_URL")
+    assert "pw-never-shown" not in stderr
+
+
+@pytest.mark.parametrize("args", [["features"], ["load-csv", "{csv}", "rows"], ["dbt", "build"]])
+def test_a_file_that_is_not_a_duckdb_database_is_named_and_left_as_it_was(tmp_path, args):
+    not_duckdb = tmp_path / "notes.duckdb"
+    not_duckdb.write_text("shopping list: milk, eggs\n")
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text("a,b\n1,2\n")
+    args = [arg.format(csv=csv_file) for arg in args]
+    _short_error(_cli(tmp_path, *args, TIDEMARK_WAREHOUSE_URL=f"duckdb:///{not_duckdb}"),
+                 f"{not_duckdb} is not a DuckDB database", "point TIDEMARK_WAREHOUSE_URL at a DuckDB file")
+    assert not_duckdb.read_text() == "shopping list: milk, eggs\n"
+
+
+def test_a_duckdb_file_held_by_another_process_names_that_process(tmp_path):
+    import duckdb
+
+    held = tmp_path / "warehouse.duckdb"
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text("a,b\n1,2\n")
+    with duckdb.connect(str(held)):
+        result = _cli(tmp_path, "load-csv", str(csv_file), "rows", TIDEMARK_WAREHOUSE_URL=f"duckdb:///{held}")
+    _short_error(result, f"{held} is in use by another process (PID {os.getpid()})")
+
+
+def test_debug_shows_the_traceback_of_a_warehouse_that_cannot_be_opened(tmp_path):
+    not_duckdb = tmp_path / "notes.duckdb"
+    not_duckdb.write_text("not a database\n")
+    loud = _cli(tmp_path, "--debug", "features", TIDEMARK_WAREHOUSE_URL=f"duckdb:///{not_duckdb}")
+    assert loud.returncode == 1
+    assert "Traceback" in loud.stderr and "WarehouseError" in loud.stderr and "is not a DuckDB database" in loud.stderr
+
+
+def test_an_s3_endpoint_that_is_down_is_named_with_its_variable_within_seconds(tmp_path):
+    import time
+
+    from ml.tools.s3local import DUMMY_AWS_ENV
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    started = time.monotonic()
+    result = _cli(tmp_path, "registry", "list", TIDEMARK_REGISTRY_URI="s3://models/churn",
+                  TIDEMARK_S3_ENDPOINT_URL=endpoint, **DUMMY_AWS_ENV)
+    _short_error(result, endpoint, "TIDEMARK_S3_ENDPOINT_URL")
+    assert time.monotonic() - started < 60
+
+
+def test_an_endpoint_that_is_no_s3_api_is_a_message_not_a_crash(tmp_path):
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from ml.tools.s3local import DUMMY_AWS_ENV
+
+    handler = partial(SimpleHTTPRequestHandler, directory=str(tmp_path))  # answers 404 to every S3 request
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        result = _cli(tmp_path, "registry", "list", TIDEMARK_REGISTRY_URI="s3://models/churn",
+                      TIDEMARK_S3_ENDPOINT_URL=endpoint, **DUMMY_AWS_ENV)
+        server.shutdown()
+    _short_error(result, endpoint, "TIDEMARK_S3_ENDPOINT_URL")
+
+
+# -- text from users and files is printed as written, never read as markup -------------------------
+def test_paths_and_names_with_brackets_are_printed_verbatim(tmp_path):
+    folder = tmp_path / "[abc]" / ":cow:"
+    url = f"duckdb:///{folder / 'f.db'}"
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_text("a,b\n1,2\n")
+    loaded = _cli(tmp_path, "load-csv", str(csv_file), "rows", TIDEMARK_WAREHOUSE_URL=url)
+    assert loaded.returncode == 0, loaded.stderr
+    assert f"1 rows loaded into raw.rows in {url}" in loaded.stderr
+
+    simulated = _cli(tmp_path, "simulate", "--customers", "20", "--days", "1", TIDEMARK_WAREHOUSE_URL=url)
+    assert simulated.returncode == 0, simulated.stderr
+    assert "raw tables loaded into" in simulated.stderr and "/[abc]/" in simulated.stderr  # a title, wrapped
+
+    missing = tmp_path / "[bold]x[/bold]" / "f.csv"
+    _short_error(_cli(tmp_path, "load-csv", str(missing), "rows", TIDEMARK_WAREHOUSE_URL=url),
+                 f"CSV file not found: {missing}")
+    _short_error(_cli(tmp_path, "registry", "show", "[bold]x[/bold]"),
+                 "bad model name '[bold]x[/bold]': must match [a-z][a-z0-9_-]*")
+
+
+def test_a_usage_error_keeps_the_brackets_of_the_value(tmp_path):
+    result = _cli(tmp_path, "monitor", "--date", "[bold]x[/bold]")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    shown = " ".join(result.stderr.replace("│", " ").split())
+    assert "Invalid value for --date: '[bold]x[/bold]' is not a date" in shown
