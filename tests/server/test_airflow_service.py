@@ -6,6 +6,10 @@ with the metadata DB in a fresh PostgreSQL database and Redis as the broker. The
 fresh PostgreSQL database and the registry a bucket on moto's S3 server, so every worker reaches the
 data over the network, as in production. Everything after start-up goes through the REST API v2 with a
 token, or through the UI in headless Chromium.
+
+The training and scoring tests also strike mid-task: they SIGKILL a task's process and terminate the
+publish's PostgreSQL backend (tests/server/faults.py), then check that Airflow's own retries finish the
+runs and that versions, decision records and prediction rows are stored exactly once.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import psutil
+import psycopg
 import pytest
 import yaml
 
@@ -32,12 +38,30 @@ from ml.registry import Registry
 from tests.fixtures import create_database, drop_database
 from tests.integration.test_training import HORIZON, SIM, _test_spec
 from tests.s3 import DUMMY_AWS_ENV
+from tests.server.faults import (
+    attempt_log,
+    kill_task_when,
+    logged,
+    poll,
+    predictions_per_day,
+    published_once,
+    running,
+    shorten_retry_delay,
+    task_instances,
+    task_process,
+    terminate_backend,
+    warehouse_backend,
+)
 
 CHROMIUM = Path(os.environ.get("TIDEMARK_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = REPO_ROOT / "var" / "screenshots"
 BROKER_DB = 9  # a Redis database of its own, emptied before the workers start
 AS_OF = SIM.start + timedelta(days=SIM.days - 1)
 DAG_IDS = {"ingest_raw", "build_features", "train_model", "score_batch", "monitor_model"}
+SHARDS = 2
+SCORED_DAYS = 30
+PUBLISH_PAUSE_S = 2  # every publish waits this long inside its transaction, where the fault tests strike
+RETRY_DELAY = timedelta(seconds=3)  # Airflow's own retries, sooner than the DAGs' two minutes (a cluster policy)
 
 
 def _free_port() -> int:
@@ -91,7 +115,10 @@ def service(tmp_path_factory, s3_server):
     spec_path = home / "churn_test.yaml"
     _test_spec(spec_path)
     # Retrain on request only: unpausing a weekly DAG would also start a run for the last weekly slot.
-    spec_path.write_text(yaml.safe_dump({**yaml.safe_load(spec_path.read_text()), "schedule": None}))
+    # Two scoring shards, so a killed shard is retried beside one that finished; a search bound by its trial
+    # count alone, so a retried training task fits the same trials however loaded the machine is.
+    spec_path.write_text(yaml.safe_dump({**yaml.safe_load(spec_path.read_text()), "schedule": None,
+                                         "scoring": {"shards": SHARDS}, "search": {"budget_s": 3600, "max_trials": 3}}))
     password = uuid.uuid4().hex
     env = {
         **DUMMY_AWS_ENV,
@@ -101,6 +128,7 @@ def service(tmp_path_factory, s3_server):
         "TIDEMARK_S3_ENDPOINT_URL": s3_server,
         "TIDEMARK_MODEL_SPEC": str(spec_path),
         "TIDEMARK_AIRFLOW_PASSWORD": password,
+        "TIDEMARK_TEST_PAUSE_IN_PUBLISH": str(PUBLISH_PAUSE_S),
     }
     boto3.client("s3", endpoint_url=s3_server, **{k.lower(): v for k, v in DUMMY_AWS_ENV.items()
                                                   if k.startswith("AWS_") and "KEY" in k}).create_bucket(Bucket=bucket)
@@ -120,6 +148,7 @@ def service(tmp_path_factory, s3_server):
             built = run_dbt(["build", "--exclude", "tag:public_data"], settings=settings,
                             vars={"horizon_days": HORIZON}, capture=True)
             assert built.success, built.output[-3000:]
+            shorten_retry_delay(settings.airflow_home, RETRY_DELAY)
             start(settings, cfg)
             yield Service(cfg.url, _token(cfg.url, cfg.user, password), cfg.user, password, settings, bucket,
                           s3_server)
@@ -162,21 +191,35 @@ def _wait_for_run(service: Service, dag_id: str, run_id: str, timeout_s: float) 
     pytest.fail(f"{dag_id} run {run_id} still {run['state']} after {timeout_s:.0f} s")
 
 
-def test_training_runs_on_celery_with_the_pytorch_candidate_on_the_gpu_worker(service):
+def _retried_once(service: Service, dag_id: str, run_id: str, struck: set[str]) -> tuple[dict, list[dict]]:
+    """The run and its task instances, once it succeeded with a second try of each struck task (`task_id[map_index]`)
+    and one try of every other task that ran."""
+    run = _wait_for_run(service, dag_id, run_id, timeout_s=600)
+    tis = task_instances(service.call, dag_id, run_id)
+    assert run["state"] == "success", {key: t["state"] for key, t in tis.items()}
+    tries = {key: t["try_number"] for key, t in tis.items()}
+    assert {key for key, n in tries.items() if n == 2} == struck, tries
+    assert {n for key, n in tries.items() if key not in struck} <= {0, 1}, tries  # 0: skipped, never tried
+    return run, list(tis.values())
+
+
+def test_training_runs_on_celery_with_the_pytorch_candidate_on_the_gpu_worker_through_a_killed_task(service):
     service.call("PATCH", "/api/v2/dags/train_model", {"is_paused": False})
     run = service.call("POST", "/api/v2/dags/train_model/dagRuns",
                        {"logical_date": None, "conf": {"as_of": AS_OF.isoformat()}})
-    run = _wait_for_run(service, "train_model", run["dag_run_id"], timeout_s=600)
-    tis = service.call("GET", f"/api/v2/dags/train_model/dagRuns/{run['dag_run_id']}/taskInstances?limit=100")
-    states = {f"{t['task_id']}[{t['map_index']}]": t["state"] for t in tis["task_instances"]}
-    assert run["state"] == "success", states
+    # A CPU candidate's task process is SIGKILLed once its search has fitted a trial; Airflow retries it.
+    spec = load_spec(service.settings.home / "churn_test.yaml")
+    index, searched = next((i, c.name) for i, c in enumerate(c for c in spec.candidates if not c.uses_gpu) if c.search)
+    log = attempt_log(service.settings.airflow_home, "train_model", run["dag_run_id"], "train_cpu", index, 1)
+    kill_task_when(service.call, "train_model", run["dag_run_id"], f"train_cpu[{index}]",
+                   lambda proc: logged(log, f"search {searched} trial 0:"))
+    run, tis = _retried_once(service, "train_model", run["dag_run_id"], {f"train_cpu[{index}]"})
     # Unpausing did not also start a run for the last weekly slot: the DAG waits for the next one.
     runs = service.call("GET", "/api/v2/dags/train_model/dagRuns")["dag_runs"]
     assert [r["run_type"] for r in runs] == ["manual"], [(r["dag_run_id"], r["run_type"], r["state"]) for r in runs]
 
-    spec = load_spec(service.settings.home / "churn_test.yaml")
     fitted = {}
-    for ti in tis["task_instances"]:
+    for ti in tis:
         if ti["task_id"] not in ("train_cpu", "train_gpu"):
             continue
         xcom = service.call(
@@ -192,9 +235,10 @@ def test_training_runs_on_celery_with_the_pytorch_candidate_on_the_gpu_worker(se
         else:
             assert (info["task"], info["queue"], info["worker"]) == ("train_cpu", "default", "worker-default"), name
 
-    # The run published to the S3 registry and promoted the first champion there.
+    # The run published to the S3 registry and promoted the first champion there, once.
     registry = Registry.from_uri(f"s3://{service.bucket}/models", endpoint_url=service.endpoint)
     assert registry.alias(spec.name).version is not None
+    published_once(service.settings, registry, spec.name, run["dag_run_id"])
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM}: `make test-server` installs "
@@ -247,3 +291,48 @@ def test_ui_in_headless_chromium_logs_in_and_shows_the_dags_a_graph_and_the_asse
             browser.close()
     for name in ("dag_list.png", "train_model_graph.png", "asset_graph.png"):
         assert (SCREENSHOTS / name).stat().st_size > 10_000, name
+
+
+def test_scoring_runs_finish_exactly_once_through_a_killed_shard_a_terminated_and_a_killed_publish(service):
+    """Scores with the champion that the training test promoted."""
+    registry = Registry.from_uri(f"s3://{service.bucket}/models", endpoint_url=service.endpoint)
+    assert registry.alias("churn").version, "no champion: run the training test first (module order)"
+    start, end = AS_OF - timedelta(days=SCORED_DAYS - 1), AS_OF  # enough days that a shard is killed between two
+    conf = {"start": start.isoformat(), "end": end.isoformat()}
+    home, database = service.settings.airflow_home, service.settings.warehouse.database
+
+    def publishing(proc: psutil.Process) -> dict | None:
+        """The publish's warehouse backend while it is inside the transaction that replaces the days."""
+        backend = warehouse_backend(proc, database)
+        return backend if backend and backend["in_transaction"] else None
+
+    # Run 1: shard 0's process dies after its first day's file; the publish's backend is terminated inside
+    # its transaction.
+    service.call("PATCH", "/api/v2/dags/score_batch", {"is_paused": False})
+    run_id = service.call("POST", "/api/v2/dags/score_batch/dagRuns", {"logical_date": None, "conf": conf})
+    run_id = run_id["dag_run_id"]
+    shard_log = attempt_log(home, "score_batch", run_id, "score_shard", 0, 1)
+    kill_task_when(service.call, "score_batch", run_id, "score_shard[0]",
+                   lambda proc: logged(shard_log, f"scored {start.isoformat()} shard 0/"))
+    publish = running(service.call, "score_batch", run_id, "publish[-1]")
+    proc = poll("the publish process", lambda: task_process(publish["id"]), 60)
+    assert terminate_backend(database, poll("the publish transaction", lambda: publishing(proc), 120)["pid"])
+    _retried_once(service, "score_batch", run_id, {"score_shard[0]", "publish[-1]"})
+    scored, distinct, expected = predictions_per_day(service.settings, start, end)
+    assert len(expected) == SCORED_DAYS and scored == distinct == expected, (scored, distinct, expected)
+
+    # Run 2 rescores the same days; its publish process is SIGKILLed inside the transaction.
+    run_id = service.call("POST", "/api/v2/dags/score_batch/dagRuns", {"logical_date": None, "conf": conf})
+    run_id = run_id["dag_run_id"]
+    kill_task_when(service.call, "score_batch", run_id, "publish[-1]", publishing)
+    _retried_once(service, "score_batch", run_id, {"publish[-1]"})
+    scored, distinct, expected = predictions_per_day(service.settings, start, end)
+    assert scored == distinct == expected, (scored, distinct, expected)
+    plan = service.call("GET", f"/api/v2/dags/score_batch/dagRuns/{run_id}/taskInstances/resolve_interval"
+                               "/xcomEntries/return_value?deserialize=true")["value"]
+    plan = plan if isinstance(plan, dict) else json.loads(plan)
+    with psycopg.connect(service.settings.warehouse.dsn()) as conn:
+        stamps = conn.execute("select distinct scored_at from ml.predictions where as_of_date between %s and %s",
+                              (start, end)).fetchall()
+    # Every row is run 2's: its retry replaced run 1's rows rather than adding to them.
+    assert stamps == [(datetime.fromisoformat(plan["scored_at"]).replace(tzinfo=None),)], (stamps, plan)
