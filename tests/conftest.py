@@ -18,6 +18,9 @@ from ml.core.settings import Settings
 
 SESSION_HOME = Path(tempfile.mkdtemp(prefix="tidemark-tests-"))
 os.environ.update(Settings.from_env({"TIDEMARK_HOME": str(SESSION_HOME)}).airflow_env())
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers each keep dbt's artifacts (run results, partial parse) in a folder of their own.
+    os.environ["DBT_TARGET_PATH"] = str(SESSION_HOME / "dbt-target")
 
 
 def pytest_unconfigure(config) -> None:
