@@ -3,8 +3,8 @@
   backfill), else the dates the raw data spans (a full build). Renders a one-row select (lo, hi).
 -#}
 {% macro as_of_bounds(watermark_relation, date_column) -%}
-    {%- set start_date = var('start_date', none) -%}
-    {%- set end_date = var('end_date', none) -%}
+    {%- set start_date = date_var('start_date') -%}
+    {%- set end_date = date_var('end_date') -%}
     {%- if start_date and end_date -%}
     select cast('{{ start_date }}' as date) as lo, cast('{{ end_date }}' as date) as hi
     {%- else -%}

@@ -6,6 +6,7 @@ value; either way the sentinel table `raw.customers` is still there afterwards w
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,6 +90,16 @@ def test_command_line_dates_with_sql_in_them_are_usage_errors(sentinel_home, arg
     result = _cli(sentinel_home, *args)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "is not a date" in " ".join(result.stderr.replace("│", " ").split()), result.stderr
+    assert _sentinel_rows(sentinel_home) == [{"customer_id": "sentinel"}]
+
+
+def test_a_dbt_date_var_with_sql_in_it_is_refused_naming_the_var(sentinel_home):
+    """The vars reach dbt's SQL only as checked dates, also when a user passes them to dbt directly."""
+    result = _cli(sentinel_home, "dbt", "build", "--select", "customer_features_daily",
+                  "--vars", json.dumps({"start_date": ATTACK, "end_date": "2025-01-02"}))
+    output = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode != 0
+    assert "var start_date is 2025-01-01'; drop table raw.customers; --, not a date" in output, output[-2000:]
     assert _sentinel_rows(sentinel_home) == [{"customer_id": "sentinel"}]
 
 

@@ -38,11 +38,11 @@ closed as (
     from features
     cross join watermark
     where features.as_of_date + {{ horizon }} <= watermark.loaded_through
-    {% if var('start_date', none) %}
-        and features.as_of_date + {{ horizon }} >= cast('{{ var("start_date") }}' as date)
+    {% if date_var('start_date') %}
+        and features.as_of_date + {{ horizon }} >= cast('{{ date_var("start_date") }}' as date)
     {% endif %}
-    {% if var('end_date', none) %}
-        and features.as_of_date + {{ horizon }} <= cast('{{ var("end_date") }}' as date)
+    {% if date_var('end_date') %}
+        and features.as_of_date + {{ horizon }} <= cast('{{ date_var("end_date") }}' as date)
     {% endif %}
 ),
 

@@ -34,7 +34,7 @@ predictions as (
 
 churn_predictions as (
     select * from predictions
-    where model_name = '{{ var("churn_model_name", "churn") }}'
+    where model_name = '{{ var("churn_model_name", "churn") | replace("'", "''") }}'
 ),
 
 ranked as (
