@@ -13,6 +13,8 @@ from tests.s3_faults import FaultProxy, Rule, every_nth
 
 # Every proxy of the session, for the summary at the end of the run.
 _PROXIES: list[FaultProxy] = []
+# The counts that pytest-xdist workers handed back (on the controller).
+_WORKER_TOTALS: list[dict] = []
 # What the contract suite meets: one of these on every 5th request, and a SlowDown on the 32nd and every
 # 100th after it (botocore first backs off from throttling for up to 1 s, from the other faults up to 50 ms).
 CONTRACT_FAULTS = [("internal", "before"), ("reset", "after"), ("delay", "before"), ("internal", "after"),
@@ -71,12 +73,33 @@ def faulty_s3_endpoint(fault_proxy) -> Iterator[str]:
         f"{fault_proxy.seen}"
 
 
+def _totals() -> dict:
+    faults = sum((p.faults for p in _PROXIES), Counter())
+    return {"requests": sum(p.requests for p in _PROXIES), "retries": sum(p.retries for p in _PROXIES),
+            "faults": dict(faults)}
+
+
+def pytest_sessionfinish(session) -> None:
+    """On a pytest-xdist worker, hand this worker's proxy counts to the controller."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None and _PROXIES:
+        output["s3_fault_proxy"] = _totals()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """On the pytest-xdist controller: collect a finished worker's proxy counts."""
+    totals = getattr(node, "workeroutput", {}).get("s3_fault_proxy")
+    if totals:
+        _WORKER_TOTALS.append(totals)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
-    """One line on what the S3 fault proxies did in this run."""
-    if _PROXIES:
-        faults = sum((p.faults for p in _PROXIES), Counter())
-        retries = sum(p.retries for p in _PROXIES)
-        requests = sum(p.requests for p in _PROXIES)
+    """One line on what the S3 fault proxies did in this run (all workers together)."""
+    runs = [*_WORKER_TOTALS, *([_totals()] if _PROXIES else [])]
+    if runs:
+        faults = sum((Counter(run["faults"]) for run in runs), Counter())
+        requests, retries = sum(run["requests"] for run in runs), sum(run["retries"] for run in runs)
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(faults.items()))
         terminalreporter.write_line(f"S3 fault proxy: {requests} requests, {faults.total()} faults injected "
                                     f"({kinds}), {retries} retries seen")
