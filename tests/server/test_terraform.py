@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from tests.integration import test_registry as contract
+from tests.registry_backends import Backend
 from tests.s3 import DUMMY_AWS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -344,7 +345,7 @@ def test_worker_role_reaches_the_registry_prefix_and_nothing_else(stack, worker_
 
 
 @dataclass(frozen=True)
-class WorkerBackend(contract.Backend):
+class WorkerBackend(Backend):
     """A fresh registry in the Terraform bucket, used with the worker role while moto enforces IAM.
 
     The raw writes that damage artifacts on purpose go around IAM, as an operator's would.
