@@ -46,7 +46,7 @@ def registry_list(model: Optional[str] = typer.Argument(None, help="Model name; 
                 problems[health.version] = health.problem
         console.print(table)
         for version, problem in problems.items():
-            console.print(f"{name} {version} damaged: {problem}", soft_wrap=True, markup=False)
+            console.print(f"{name} {version} damaged: {problem}", soft_wrap=True)
         champion = states["champion"]
         if champion.damage:
             unusable.append((name, f"the champion alias of {name} is damaged: {champion.damage}"))
@@ -56,7 +56,7 @@ def registry_list(model: Optional[str] = typer.Argument(None, help="Model name; 
             unusable.append((name, f"the champion of {name} is {champion.version}, which is not in the registry"))
     for name, line in unusable:
         console.print(f"error: {line}; move it with `python -m ml registry promote {name} <version> --reason ...` "
-                      f"or `python -m ml registry rollback {name}`", soft_wrap=True, markup=False)
+                      f"or `python -m ml registry rollback {name}`", soft_wrap=True)
     if unusable:
         raise typer.Exit(1)
 
@@ -94,15 +94,17 @@ def registry_repair(
     stale_after: float = typer.Option(600.0, help="Seconds after which a temporary file has no live writer."),
 ) -> None:
     """Complete promotions that a killed run left half done, remove stale temporary files, report leftovers."""
+    from functools import partial
+
     from ml.registry.repair import repair
     from ml.training.records import record_promotion
 
     settings = Settings.from_env()
     reg = _registry()
     for name in [model] if model else reg.models(unpublished=True):
-        report = repair(reg, name, lambda row: record_promotion(settings, row), temp_age_s=stale_after)
+        report = repair(reg, name, partial(record_promotion, settings), temp_age_s=stale_after)
         for line in report.lines() or [f"{name}: nothing to repair"]:
-            console.print(line, soft_wrap=True, markup=False)
+            console.print(line, soft_wrap=True)
 
 
 @app.command("keygen")

@@ -93,7 +93,7 @@ class Registry:
     @classmethod
     def from_uri(cls, uri: str, *, endpoint_url: str | None = None, read_timeout_s: float = 60.0) -> "Registry":
         """The registry at `uri`; on S3, throttling, 5xx, dropped connections and read timeouts
-        (after `read_timeout_s`) are retried with exponential backoff, 5 attempts in all."""
+        (after `read_timeout_s`) are retried with exponential backoff: 5 retries, 6 attempts in all."""
         parts = urlsplit(uri.strip())
         path = unquote(parts.path)
         if parts.scheme == "file" and parts.netloc in ("", "localhost") and path.startswith("/") and path != "/":
@@ -323,7 +323,7 @@ class Registry:
 
     def put_record(self, model: str, kind: str, name: str, data: dict) -> str:
         """Write an immutable JSON record; repeating the identical write is a no-op."""
-        key = self._record_prefix(model, kind) + _check_name(name, "record name", _RECORD_NAME) + ".json"
+        key = self._record_key(model, kind, name)
         self.store.put_if_absent(key, _dumps(data))
         return self.store.uri_for(key)
 
@@ -337,12 +337,15 @@ class Registry:
                       if k.endswith(".json") and "/" not in k[len(prefix):])
 
     def record(self, model: str, kind: str, name: str) -> dict:
-        key = self._record_prefix(model, kind) + _check_name(name, "record name", _RECORD_NAME) + ".json"
+        key = self._record_key(model, kind, name)
         hint = "records are written once: restore it from a backup, or delete it to drop the record"
         return load_json(self.store.get(key), self.store.uri_for(key), hint)
 
     def _record_prefix(self, model: str, kind: str) -> str:
         return f"{_check_name(model, 'model name')}/records/{_check_name(kind, 'record kind')}/"
+
+    def _record_key(self, model: str, kind: str, name: str) -> str:
+        return self._record_prefix(model, kind) + _check_name(name, "record name", _RECORD_NAME) + ".json"
 
     def put_file(self, key: str, path: Path) -> str:
         return self.put_bytes(key, Path(path).read_bytes())

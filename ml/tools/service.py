@@ -186,8 +186,9 @@ def components(cfg: ServiceConfig) -> list[Component]:
 def _ensure_database(url: str) -> None:
     """Create the PostgreSQL metadata database if it does not exist."""
     import psycopg
-    from psycopg import sql
     from sqlalchemy.engine import make_url
+
+    from ml.core.sql import quote
 
     parsed = make_url(url)
     admin = {"host": parsed.host or "127.0.0.1", "port": parsed.port or 5432, "user": parsed.username or "postgres",
@@ -196,7 +197,7 @@ def _ensure_database(url: str) -> None:
         with psycopg.connect(autocommit=True, **admin) as conn:
             exists = conn.execute("select 1 from pg_database where datname = %s", (parsed.database,)).fetchone()
             if not exists:
-                conn.execute(sql.SQL("create database {}").format(sql.Identifier(parsed.database)))
+                conn.execute(f"create database {quote(parsed.database)}")
     except psycopg.OperationalError as exc:
         raise ServiceError(f"the metadata database server for {redacted_url(url)!r} is not reachable: {exc}") from exc
 

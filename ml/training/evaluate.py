@@ -74,8 +74,9 @@ def evaluate_step(spec: ModelSpec, settings: Settings, extract_info: dict, train
 def _champion_evaluation(spec, settings, X_test, y_test, segments) -> dict | None:
     """The current champion scored on the same test rows, or None before the first promotion."""
     try:
-        # Downloaded again, so a damaged artifact in the registry is found before a challenger is judged.
-        champion = resolve_champion(settings, spec.name, refresh=True)
+        # The run's first step downloaded it anew and loaded it (prepare_step); the cached copy is checked
+        # against the registry's checksums again here, and fetched and verified when this worker has none.
+        champion = resolve_champion(settings, spec.name)
     except NoChampion:
         return None
     model = load_candidate(champion.directory)

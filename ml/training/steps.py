@@ -14,6 +14,7 @@ import socket
 import subprocess
 import time
 from datetime import date, datetime, timezone
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Callable
@@ -45,7 +46,7 @@ def prepare_step(spec: ModelSpec, settings: Settings) -> dict:
     """Before anything is fitted: complete promotions a killed run left half done, then check that the champion
     downloads and loads, so a damaged champion stops the run here and not after every candidate was trained."""
     registry = Registry.from_settings(settings)
-    report = repair(registry, spec.name, _row_writer(settings))
+    report = repair(registry, spec.name, partial(record_promotion, settings))
     champion = usable_champion(settings, spec.name, load_candidate)
     return {"champion": champion and champion.version, "repaired": report.lines()}
 
@@ -127,7 +128,7 @@ def promote_step(spec: ModelSpec, settings: Settings, extract_info: dict, evalua
     ex = Extract.from_dict(extract_info)
     challenger, champion = evaluation["challenger"], evaluation["champion"]
     registry = Registry.from_settings(settings)
-    write_row = _row_writer(settings)
+    write_row = partial(record_promotion, settings)
     repair(registry, spec.name, write_row)
     attempt = promotion.attempt_key(run_id, evaluation, decision)
     version = promotion.published_by(registry, spec.name, attempt)
@@ -173,14 +174,6 @@ def _provenance(spec: ModelSpec, settings: Settings, ex: Extract, challenger: di
         "dbt_manifest_sha256": _sha256(settings.dbt_manifest), "run_id": run_id, "device": challenger["device"],
         "fit_seconds": challenger["fit_seconds"],
     }
-
-
-def _row_writer(settings: Settings) -> Callable[[dict], None]:
-    """Writes a decision's row to ml.model_promotions (an idempotent replace)."""
-    def write(row: dict) -> None:
-        record_promotion(settings, row)
-
-    return write
 
 
 def _logged(outcome: dict) -> dict:
