@@ -41,7 +41,7 @@ demo-server: install
 	$(PY) -m ml demo --server
 
 test: install
-	$(PY) -m pytest tests --ignore=tests/server -n auto --maxprocesses 4
+	$(PY) -m pytest tests --ignore=tests/server -n auto --maxprocesses 4 --dist loadfile
 
 # Debian's Chromium for the browser test (root installs it; others are told how).
 browser:
