@@ -44,8 +44,8 @@ from ml.features.cosmos import (
     warehouse_profile,
 )
 from ml.features.dbt import dbt_executable
+from ml.orchestration.airflow_setup import WAREHOUSE_POOL, priority
 from ml.orchestration.assets import FEATURES, RAW
-from ml.orchestration.bootstrap import WAREHOUSE_POOL
 
 settings = Settings.from_env()
 # The dbt vars of every dbt task, rendered from the resolve_interval task's result at run time.
@@ -62,7 +62,8 @@ DBT_VARS = {
     max_active_runs=1,
     doc_md=__doc__,
     tags=["tidemark", "features", "dbt"],
-    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2),
+                  **priority("build_features")},
 )
 def build_features():
     @task(task_id="resolve_interval", pool=WAREHOUSE_POOL)

@@ -29,8 +29,8 @@ from airflow.sdk import dag, task
 
 from ml.core.settings import Settings
 from ml.core.spec import load_spec
+from ml.orchestration.airflow_setup import WAREHOUSE_POOL, priority
 from ml.orchestration.assets import MONITORING, PREDICTIONS, RETRAIN_REQUESTED
-from ml.orchestration.bootstrap import WAREHOUSE_POOL
 from ml.orchestration.intervals import requested_interval
 
 settings = Settings.from_env()
@@ -44,7 +44,8 @@ spec = load_spec(settings.model_spec)
     max_active_runs=1,
     doc_md=__doc__,
     tags=["tidemark", "monitoring", spec.name],
-    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2),
+                  **priority("monitor_model")},
 )
 def monitor_model():
     @task(task_id="resolve_interval", pool=WAREHOUSE_POOL)

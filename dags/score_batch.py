@@ -11,7 +11,7 @@ whenever `build_features` publishes new days; a backfill is a manual run with co
    relation, never a day read off the clock) and pins the run to one champion version and one
    `scored_at` time, so every shard and every retry writes the same rows. A run asked for a day
    after the features watermark is refused, naming the days and the watermark, before anything
-   is written.
+   is written. Before the first champion exists, the run skips, with the reason in its log.
 2. `score_shard` is mapped over the spec's `scoring.shards` entity-hash shards. Each streams its rows
    from the warehouse as Arrow record batches, scores them, and writes one Parquet file per day under
    `TIDEMARK_HOME/runs/score/<run_id>/`.
@@ -31,8 +31,8 @@ from airflow.sdk import dag, task
 
 from ml.core.settings import Settings
 from ml.core.spec import load_spec
+from ml.orchestration.airflow_setup import WAREHOUSE_POOL, priority
 from ml.orchestration.assets import FEATURES, PREDICTIONS
-from ml.orchestration.bootstrap import WAREHOUSE_POOL
 from ml.orchestration.intervals import interval_days, requested_interval
 
 settings = Settings.from_env()
@@ -47,16 +47,19 @@ SHARDS = list(range(spec.scoring.shards))
     max_active_runs=1,
     doc_md=__doc__,
     tags=["tidemark", "scoring", spec.name],
-    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2),
+                  **priority("score_batch")},
 )
 def score_batch():
     @task(task_id="resolve_interval", pool=WAREHOUSE_POOL)
     def resolve(dag_run=None, triggering_asset_events=None) -> dict:
         """The days to score, the champion version and the run's scored_at time."""
+        from ml.orchestration.skips import skip_when_idle
         from ml.scoring.score import plan_scoring
 
         asked = requested_interval(dag_run.conf, triggering_asset_events, asset_name=FEATURES.name)
-        return plan_scoring(spec, settings, asked, dag_run.start_date or dag_run.run_after)
+        with skip_when_idle():  # before the first champion: skipped, with the reason in the log
+            return plan_scoring(spec, settings, asked, dag_run.start_date or dag_run.run_after)
 
     @task(pool=WAREHOUSE_POOL)
     def score_shard(shard: int, plan: dict, dag_run=None) -> dict:

@@ -9,8 +9,10 @@ updated; a spec with `schedule: null` retrains only on request.
 1. `extract` first completes any promotion that a killed run left half done and checks that the current
    champion downloads and loads (a damaged champion stops the run here, before anything is fitted). It then
    reads every label known at the as-of date (conf `as_of`, else the triggering event's
-   `as_of`, else the run's data interval end) from the warehouse as Arrow, and splits it by time with
-   gaps of at least the label horizon.
+   `as_of`, else the features watermark: the latest as-of date in the feature relation, never the
+   clock) from the warehouse as Arrow, and splits it by time with gaps of at least the label horizon.
+   A scheduled run skips, with the reason in its log, before any label exists or when the champion
+   was trained as of the features watermark already.
 2. `train_cpu` / `train_gpu` fit one candidate per mapped task. The PyTorch candidates run in the `gpu`
    pool and on the `gpu` queue, so a deployment can route them to GPU workers.
 3. `evaluate` picks the challenger on validation and scores it and the champion on the test window,
@@ -28,9 +30,9 @@ from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 from ml.core.settings import Settings
 from ml.core.spec import load_spec
+from ml.orchestration.airflow_setup import GPU_POOL, WAREHOUSE_POOL, priority
 from ml.orchestration.assets import CHAMPION, RETRAIN_REQUESTED
-from ml.orchestration.bootstrap import GPU_POOL, WAREHOUSE_POOL
-from ml.orchestration.intervals import resolve_as_of
+from ml.orchestration.intervals import requested_as_of
 
 settings = Settings.from_env()
 spec = load_spec(settings.model_spec)
@@ -47,17 +49,23 @@ GPU_CANDIDATES = [c.name for c in spec.candidates if c.uses_gpu]
     max_active_runs=1,
     doc_md=__doc__,
     tags=["tidemark", "training", spec.name],
-    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2)},
+    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2),
+                  **priority("train_model")},
 )
 def train_model():
     @task(pool=WAREHOUSE_POOL)
-    def extract(dag_run=None, triggering_asset_events=None, data_interval_end=None) -> dict:
+    def extract(dag_run=None, triggering_asset_events=None) -> dict:
         """Check the champion, then read and split the labelled rows known at the as-of date."""
-        from ml.training.steps import extract_step, prepare_step
+        from ml.orchestration.skips import skip_when_idle
+        from ml.training.steps import extract_step, prepare_step, scheduled_as_of
 
-        prepare_step(spec, settings)
-        as_of = resolve_as_of(dag_run.conf, triggering_asset_events, data_interval_end, dag_run.run_after)
-        return extract_step(spec, settings, dag_run.run_id, as_of)
+        prepared = prepare_step(spec, settings)
+        as_of = requested_as_of(dag_run.conf, triggering_asset_events)
+        with skip_when_idle():  # a scheduled run with nothing new to learn from: skipped, the reason logged
+            scheduled = as_of is None
+            if scheduled:
+                as_of = scheduled_as_of(spec, settings, prepared["champion_as_of"])
+            return extract_step(spec, settings, dag_run.run_id, as_of, scheduled=scheduled)
 
     @task
     def train_cpu(candidate: str, data: dict) -> dict:

@@ -30,7 +30,7 @@ def pytest_unconfigure(config) -> None:
 @pytest.fixture(scope="session")
 def airflow_settings() -> Settings:
     """Settings of the session home, with Airflow's metadata DB migrated and the pools created."""
-    from ml.orchestration.bootstrap import init_airflow
+    from ml.orchestration.airflow_setup import init_airflow
 
     settings = Settings.from_env()
     init_airflow(settings)

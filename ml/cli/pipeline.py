@@ -25,12 +25,18 @@ def simulate(
     hash_: bool = typer.Option(False, "--hash", help="Print a content hash per raw table afterwards."),
 ) -> None:
     """Simulate raw operational tables and load them into the warehouse, one replaceable day at a time."""
+    from datetime import timedelta
+
     from ml.ingest.load import load_days, raw_table_hashes
-    from ml.ingest.simulate import SimConfig
+    from ml.ingest.world import fix_world
 
     settings = Settings.from_env()
+    first = parse_day(start, "--start")
     drift = None if drift_date in (None, "", "none") else parse_day(drift_date, "--drift-date")
-    cfg = SimConfig(seed=seed, customers=customers, start=parse_day(start, "--start"), days=days, drift_date=drift)
+    # A warehouse holds one world: the first load records it, a load of another is refused naming both.
+    world = fix_world(settings, {"seed": seed, "customers": customers, "sim_start": str(first),
+                                 "drift_date": str(drift) if drift else "none"})
+    cfg = world.config(first + timedelta(days=days - 1))
     wanted = {parse_day(d, "--only-day") for d in only_day} or None
     with progress("simulate", bar=True) as shown:
         task = shown.add_task("", total=len(wanted) if wanted else cfg.days)

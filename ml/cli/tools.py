@@ -12,6 +12,7 @@ from rich.text import Text
 
 from ml.cli.common import console, parse_day
 from ml.core.settings import Settings
+from ml.ingest.world import DEFAULT_HISTORY_END, DEFAULT_WORLD
 
 app = typer.Typer()
 service_app = typer.Typer(no_args_is_help=True, help="Run Airflow as a local service: start, status, stop.")
@@ -33,7 +34,7 @@ def env(shell: bool = typer.Option(True, help="Print as shell `export` lines."))
 @app.command("airflow-init")
 def airflow_init() -> None:
     """Prepare Airflow's metadata database under TIDEMARK_HOME and create the pools the DAGs use."""
-    from ml.orchestration.bootstrap import init_airflow
+    from ml.orchestration.airflow_setup import init_airflow
 
     init_airflow(Settings.from_env())
 
@@ -88,14 +89,27 @@ def service_start(
     profile: str = typer.Option("local", help="local: LocalExecutor on SQLite; celery: CeleryExecutor on Redis "
                                               "with the metadata DB on PostgreSQL and a `gpu` queue worker."),
     port: Optional[int] = typer.Option(None, help="API server and UI port (default TIDEMARK_AIRFLOW_PORT or 8080)."),
+    paused: bool = typer.Option(False, "--paused", help="Leave new DAGs paused and do not bootstrap: nothing "
+                                "runs until you unpause it."),
+    run_bootstrap: bool = typer.Option(True, "--bootstrap/--no-bootstrap", help="Trigger the bootstrap DAG "
+                                       "(history, features, first champion, then the simulated clock) unless it "
+                                       "ran before."),
 ) -> None:
-    """Start api-server, scheduler, dag-processor and triggerer (and Celery workers) in the background."""
-    from ml.tools.service import ServiceConfig, credentials, start
+    """Start api-server, scheduler, dag-processor and triggerer (and Celery workers) in the background, then
+    bootstrap the loop."""
+    from ml.tools.service import ServiceConfig, bootstrap, credentials, start
 
     settings = Settings.from_env()
-    cfg = ServiceConfig.from_env(profile, port)
+    cfg = ServiceConfig.from_env(profile, port, paused=paused)
     with console.status(Text(f"starting Airflow ({profile} profile)")) as status:  # a str status is read as markup
-        state = start(settings, cfg, progress=lambda msg: status.update(Text(msg)) or console.print(f"  {msg}"))
+        def shown(msg: str) -> None:
+            status.update(Text(msg))
+            console.print(f"  {msg}")
+
+        state = start(settings, cfg, progress=shown)
+        if run_bootstrap and not paused:
+            status.update(Text("waiting for the DAG processor to parse the DAGs"))
+            bootstrap(settings, cfg, progress=shown)
     user, password = credentials(settings, cfg)
     console.print(Text("Airflow is up", style="bold green"),
                   f"({profile} profile, {len(state['processes'])} processes)")
@@ -103,6 +117,32 @@ def service_start(
     console.print(f"  login: {user} / {password}")
     console.print(f"  logs:  {settings.airflow_home / 'service' / 'logs'}")
     console.print("  stop:  make airflow-stop")
+
+
+@service_app.command("bootstrap")
+def service_bootstrap(
+    customers: int = typer.Option(DEFAULT_WORLD.customers, min=1, help="Customers on the simulated world's first day."),
+    seed: int = typer.Option(DEFAULT_WORLD.seed, help="Simulator seed."),
+    sim_start: str = typer.Option(str(DEFAULT_WORLD.sim_start), help="First simulated day."),
+    drift_date: str = typer.Option(str(DEFAULT_WORLD.drift_date), help="Day of the price rise and new channel; "
+                                   "'none' for none."),
+    history_end: str = typer.Option(str(DEFAULT_HISTORY_END), help="Last day of the history; the first champion is trained "
+                                    "as of it, then the clock loads one day after another."),
+    port: Optional[int] = typer.Option(None, help="API server port (default TIDEMARK_AIRFLOW_PORT or 8080)."),
+) -> None:
+    """Unpause the loop's DAGs on a running service and trigger the bootstrap DAG (it skips itself on a warehouse
+    whose clock already runs)."""
+    from ml.tools.service import ServiceConfig, bootstrap, read_state
+
+    settings = Settings.from_env()
+    state = read_state(settings)
+    if state and port is None:  # the port the running service was started on
+        port = int(state["url"].rsplit(":", 1)[1])
+    cfg = ServiceConfig.from_env(state["profile"] if state else "local", port)
+    conf = {"customers": customers, "seed": seed, "sim_start": str(parse_day(sim_start, "--sim-start")),
+            "drift_date": None if drift_date.lower() == "none" else str(parse_day(drift_date, "--drift-date")),
+            "history_end": str(parse_day(history_end, "--history-end"))}
+    bootstrap(settings, cfg, conf, again=True, progress=lambda msg: console.print(f"  {msg}"))
 
 
 @service_app.command("status")

@@ -8,3 +8,7 @@ anything else is a defect and keeps its traceback.
 
 class TidemarkError(Exception):
     """A problem with the user's input, configuration or data; the message says what and what to do."""
+
+
+class NothingToDo(TidemarkError):
+    """A scheduled step found nothing to do yet; the message says why. The DAGs skip the task with it."""

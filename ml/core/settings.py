@@ -117,6 +117,8 @@ class Settings:
     signing_key: Path | None = None
     # Ed25519 public key (PEM); when set, a version whose manifest signature is missing or wrong is refused.
     verify_key: Path | None = None
+    # The simulated clock's pace: a scheduled ingest_raw run loads the next simulated day this often.
+    sim_day_seconds: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.registry_uri:  # the embedded default: a directory under home
@@ -145,6 +147,14 @@ class Settings:
             pause_s = float(pause)
         except ValueError:
             raise SettingsError(f"TIDEMARK_TEST_PAUSE_IN_PUBLISH={pause!r} is not a number of seconds") from None
+        pace = env.get("TIDEMARK_SIM_DAY_SECONDS", "").strip() or "60"
+        try:
+            sim_day_seconds = float(pace)
+        except ValueError:
+            sim_day_seconds = 0.0
+        if not 1 <= sim_day_seconds < float("inf"):
+            raise SettingsError(f"TIDEMARK_SIM_DAY_SECONDS={pace!r}: give the seconds between simulated days, "
+                                "at least 1 (default 60: one simulated day a minute)")
         return cls(
             home=home, warehouse=parse_warehouse_url(url), registry_uri=registry, s3_endpoint_url=endpoint,
             model_spec=env.get("TIDEMARK_MODEL_SPEC", "").strip() or "churn",
@@ -155,6 +165,7 @@ class Settings:
             publish_pause_s=pause_s,
             signing_key=Path(signing_key) if signing_key else None,
             verify_key=Path(verify_key) if verify_key else None,
+            sim_day_seconds=sim_day_seconds,
         )
 
     @property

@@ -2,7 +2,7 @@
 
 Every table is one replaceable partition per key: ml.predictions, ml.drift_metrics and
 ml.model_performance per (model_name, as_of_date), ml.retrain_requests per request_id,
-ml.model_promotions per promotion_id.
+ml.model_promotions per promotion_id. ml.simulated_world holds one row: the world the raw tables hold.
 """
 
 from __future__ import annotations
@@ -49,6 +49,12 @@ model_promotions = _declare(
     ("primary_metric", sa.Text), ("challenger_metric", sa.Double), ("champion_metric", sa.Double),
     ("diff_ci_low", sa.Double), ("diff_ci_high", sa.Double), ("reasons", sa.Text), ("decided_at", sa.DateTime),
     ("run_id", sa.Text),
+)
+
+# The simulated world a warehouse holds (one row): fixed at its first load, with the clock's start.
+simulated_world = _declare(
+    "simulated_world", ("seed", sa.BigInteger), ("customers", sa.BigInteger), ("sim_start", sa.Date),
+    ("drift_date", sa.Date), ("recorded_at", sa.DateTime), ("clock_started_at", sa.DateTime),
 )
 
 # Each Arrow type and the column type it is stored as, in both directions.

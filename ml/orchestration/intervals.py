@@ -1,6 +1,8 @@
-"""Which days a DAG run covers: from its conf, the asset events that triggered it, or its data interval.
+"""Which days a DAG run was asked for: from its conf or the asset events that triggered it.
 
-Pure functions of the run's context, imported by the DAG files at parse time.
+Pure functions of the run's context, imported by the DAG files at parse time. No run reads its days
+off the clock: a run asked for none covers a watermark (ml.orchestration.watermarks), and the
+simulated clock loads the day after the loaded watermark (ml.ingest.world).
 """
 
 from __future__ import annotations
@@ -15,36 +17,6 @@ RAW_ASSET_NAME = "raw"
 
 class OrchestrationError(TidemarkError, RuntimeError):
     """Airflow could not be prepared, or a run was asked for something it cannot do; the message says what."""
-
-
-def resolve_interval(
-    conf: Mapping[str, Any] | None,
-    triggering_asset_events: Mapping[Any, Iterable[Any]] | None,
-    data_interval_start: datetime | None,
-    data_interval_end: datetime | None,
-    *,
-    asset_name: str = RAW_ASSET_NAME,
-) -> dict[str, str]:
-    """The inclusive as-of dates a run covers, as {"start": ISO date, "end": ISO date}.
-
-    In order: dag_run.conf `start`/`end` (either alone means one day); else the min start and max
-    end in the extras of the triggering `asset_name` events; else the run's data interval, whose end
-    is exclusive. A point-in-time interval (start == end, as trigger timetables and manual runs
-    give) covers the last whole day before it. Only a loader may read days off the clock like this:
-    the DAGs that build on loaded data bound their days by a watermark (ml.orchestration.watermarks).
-    """
-    requested = requested_interval(conf, triggering_asset_events, asset_name=asset_name)
-    if requested is not None:
-        return requested
-    if data_interval_start is None or data_interval_end is None:
-        raise OrchestrationError(
-            "this run has no interval: pass dag_run.conf like {\"start\": \"2025-01-01\", \"end\": \"2025-01-31\"}"
-        )
-    if data_interval_end <= data_interval_start:
-        day = data_interval_start.date() - timedelta(days=1)
-        return _interval(day, day, "the data interval")
-    end = (data_interval_end - timedelta(microseconds=1)).date()
-    return _interval(data_interval_start.date(), end, "the data interval")
 
 
 def requested_interval(
@@ -78,14 +50,10 @@ def requested_interval(
     return None
 
 
-def resolve_as_of(
-    conf: Mapping[str, Any] | None,
-    triggering_asset_events: Mapping[Any, Iterable[Any]] | None,
-    data_interval_end: datetime | None,
-    run_after: datetime | None = None,
-) -> date:
-    """The as-of date of a training run: conf `as_of`, else the latest `as_of`/`end` in the triggering
-    asset events' extras, else the day before the data interval's end (or before run_after)."""
+def requested_as_of(conf: Mapping[str, Any] | None,
+                    triggering_asset_events: Mapping[Any, Iterable[Any]] | None) -> date | None:
+    """The as-of date a training run was asked for: conf `as_of`, else the latest `as_of`/`end` in the
+    triggering asset events' extras; None when neither names one (a scheduled run)."""
     conf = conf or {}
     if conf.get("as_of"):
         return parse_day(conf["as_of"], "dag_run.conf as_of")
@@ -96,12 +64,7 @@ def resolve_as_of(
             value = extra.get("as_of") or extra.get("end")
             if value:
                 found.append(parse_day(value, "the triggering asset event's as_of"))
-    if found:
-        return max(found)
-    moment = data_interval_end or run_after
-    if moment is None:
-        raise OrchestrationError('this run has no as-of date: pass dag_run.conf like {"as_of": "2025-04-01"}')
-    return (moment - timedelta(microseconds=1)).date()
+    return max(found) if found else None
 
 
 def interval_days(interval: Mapping[str, str]) -> list[date]:

@@ -121,7 +121,7 @@ def loaded_days(settings: Settings) -> list[date]:
     from ml.core.warehouse import Warehouse
     from ml.ingest.raw_tables import RAW_SCHEMAS
 
-    if not _has_warehouse(settings):
+    if not has_warehouse(settings):
         return []
     with Warehouse.connect(settings, read_only=True) as wh:
         tables = [named_table(f"raw.{name}", "ingest_date") for name in RAW_SCHEMAS if wh.table_exists(f"raw.{name}")]
@@ -139,7 +139,7 @@ def latest_day(settings: Settings, relation: str, column: str) -> date | None:
     from ml.core.sql import named_table
     from ml.core.warehouse import Warehouse
 
-    if not _has_warehouse(settings):
+    if not has_warehouse(settings):
         return None
     with Warehouse.connect(settings, read_only=True) as wh:
         if not wh.table_exists(relation):
@@ -148,7 +148,7 @@ def latest_day(settings: Settings, relation: str, column: str) -> date | None:
     return None if value is None else parse_day(value, f"the latest {column} in {relation}")
 
 
-def _has_warehouse(settings: Settings) -> bool:
+def has_warehouse(settings: Settings) -> bool:
     """False for a DuckDB file that does not exist yet: nothing has landed, and read-only cannot create it."""
     return settings.warehouse.kind != "duckdb" or settings.warehouse.path.exists()
 

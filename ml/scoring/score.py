@@ -24,13 +24,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import sqlalchemy as sa
 
-from ml.core.errors import TidemarkError
+from ml.core.errors import NothingToDo, TidemarkError
 from ml.core.settings import Settings
 from ml.core.spec import FeatureSchema, ModelSpec, Relation, dbt_relation
 from ml.core.sql import named_table
 from ml.core.tables import arrow_schema, predictions
 from ml.core.warehouse import Warehouse
-from ml.registry.champion import champion_version, resolve_champion
+from ml.registry.champion import NoChampion, champion_version, resolve_champion
 from ml.training.candidates import load_candidate
 
 log = logging.getLogger(__name__)
@@ -240,10 +240,14 @@ def _pause_for_tests(seconds: float) -> Callable[[], None] | None:
 def plan_scoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, str] | None,
                  scored_at: datetime | str) -> dict:
     """The days to score with the one champion version and `scored_at` time that every shard and retry of a
-    run uses. Days after the features watermark are refused (a WatermarkError); no interval means its day."""
+    run uses. Days after the features watermark are refused (a WatermarkError); no interval means its day.
+    NothingToDo before the first champion."""
     from ml.orchestration.watermarks import resolve_features_interval
 
-    version = champion_version(settings, spec.name)
+    try:
+        version = champion_version(settings, spec.name)
+    except NoChampion as exc:
+        raise NothingToDo(f"nothing to score yet: {exc}") from None
     days = resolve_features_interval(spec, settings, interval, action=f"score {spec.name}")
     return {"start": days["start"], "end": days["end"], "model": spec.name, "version": version,
             "scored_at": scored_at if isinstance(scored_at, str) else scored_at.isoformat()}

@@ -35,13 +35,15 @@ from ml.core.settings import (
     parse_warehouse_url,
     redacted_url,
 )
+from ml.ingest.world import DEFAULT_HISTORY_END, DEFAULT_WORLD
 
 # Wide enough for the timeline when the output goes to a file or a CI log rather than a terminal.
 console = Console(width=None if sys.stdout.isatty() else 140)
 
-DEMO_SIM = {"seed": 7, "customers": 2_000, "sim_start": "2024-08-01", "drift_date": "2025-03-20"}
+# The default world of ml.ingest.world, which `make airflow` bootstraps too: the same history and first champion.
+DEMO_SIM = DEFAULT_WORLD.params()
 HISTORY_END = date(2025, 4, 20)
-FIRST_TRAIN_AS_OF = date(2025, 3, 14)
+FIRST_TRAIN_AS_OF = DEFAULT_HISTORY_END
 CHUNK_DAYS = 7
 SPEC = "churn"
 
@@ -97,7 +99,7 @@ def _run(settings: Settings, until: date, started: float) -> dict[str, Any]:
     os.environ.update({k: v for k, v in settings.dbt_env().items() if k.startswith(("DBT_", "DO_NOT"))})
     from airflow.dag_processing.dagbag import DagBag
 
-    from ml.orchestration.bootstrap import init_airflow
+    from ml.orchestration.airflow_setup import init_airflow
 
     with console.status("preparing Airflow's metadata database and pools"):
         init_airflow(settings)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ml.core.settings import Settings, redacted_url
-from ml.orchestration.bootstrap import init_airflow
+from ml.orchestration.airflow_setup import init_airflow
 from ml.orchestration.intervals import OrchestrationError
 
 DEFAULT_QUEUE = "default"
@@ -65,9 +65,12 @@ class ServiceConfig:
     triggerer_log_port: int = 8794
     gpu_queue: str = "gpu"
     password: str = ""
+    # False: every DAG is unpaused when the DAG processor first sees it, so the scheduler runs the loop.
+    paused: bool = False
 
     @classmethod
-    def from_env(cls, profile: str, port: int | None = None, env: Mapping[str, str] | None = None) -> "ServiceConfig":
+    def from_env(cls, profile: str, port: int | None = None, env: Mapping[str, str] | None = None, *,
+                 paused: bool = False) -> "ServiceConfig":
         env = os.environ if env is None else env
         if profile not in PROFILES:
             raise ServiceError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
@@ -87,6 +90,7 @@ class ServiceConfig:
             broker_url=env.get("TIDEMARK_CELERY_BROKER_URL", DEFAULT_BROKER),
             gpu_queue=env.get("TIDEMARK_GPU_QUEUE", "").strip() or "gpu",
             password=env.get("TIDEMARK_AIRFLOW_PASSWORD", ""),
+            paused=paused,
         )
 
     @property
@@ -145,6 +149,7 @@ def service_env(settings: Settings, cfg: ServiceConfig) -> dict[str, str]:
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(cfg.worker_log_ports[0]),
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": DEFAULT_QUEUE,
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(cfg.paused),
     }
     if cfg.metadata_db.startswith("postgresql"):
         # Whatever driver the URL names: psycopg2 for the sync engine (the UI's asset-lineage query binds a
@@ -370,3 +375,50 @@ def _signal_group(pid: int, sig: int) -> None:
         os.killpg(pid, sig)  # each component leads its own session: this reaches its children too
     except ProcessLookupError:
         pass
+
+
+# -- the loop, through the REST API -------------------------------------------------------------------
+LOOP_DAGS = ("bootstrap", "ingest_raw", "build_features", "train_model", "score_batch", "monitor_model")
+
+
+def bootstrap(settings: Settings, cfg: ServiceConfig, conf: Mapping[str, object] | None = None, *,
+              again: bool = False, wait_s: float = 300.0, progress: Callable[[str], None] = print) -> dict | None:
+    """Unpause the loop's DAGs and trigger the `bootstrap` DAG with `conf` (its Params), once the DAG processor
+    has parsed them all. Returns the new run, or None when bootstrap has run before and `again` is False. (A
+    bootstrap of a warehouse whose clock already runs skips itself.)"""
+    user, password = credentials(settings, cfg)
+    token = _api(cfg, "", "POST", "/auth/token", {"username": user, "password": password})["access_token"]
+    deadline = time.monotonic() + wait_s
+    while True:
+        listed = {d["dag_id"] for d in _api(cfg, token, "GET", "/api/v2/dags?limit=100")["dags"]}
+        missing = [d for d in LOOP_DAGS if d not in listed]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise ServiceError(f"the DAG processor has not parsed {', '.join(missing)} within {wait_s:.0f} s; "
+                               f"see {service_dir(settings) / 'logs' / 'dag-processor.log'}")
+        time.sleep(3)
+    for dag_id in LOOP_DAGS:
+        _api(cfg, token, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+    earlier = _api(cfg, token, "GET", "/api/v2/dags/bootstrap/dagRuns?limit=1")["dag_runs"]
+    if earlier and not again:
+        progress(f"bootstrap has run before (run {earlier[0]['dag_run_id']}, {earlier[0]['state']}): not triggered again")
+        return None
+    run = _api(cfg, token, "POST", "/api/v2/dags/bootstrap/dagRuns", {"logical_date": None, "conf": dict(conf or {})})
+    progress(f"triggered bootstrap (run {run['dag_run_id']}): {cfg.url}/dags/bootstrap")
+    return run
+
+
+def _api(cfg: ServiceConfig, token: str, method: str, path: str, body: dict | None = None) -> dict:
+    request = urllib.request.Request(
+        f"{cfg.url}{path}", method=method, data=json.dumps(body).encode() if body is not None else None,
+        headers={"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise ServiceError(f"{method} {cfg.url}{path} answered {exc.code}: {exc.read()[:500]!r}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ServiceError(f"the Airflow API at {cfg.url} did not answer ({exc}); is it running? "
+                           "(`python -m ml airflow status`)") from None

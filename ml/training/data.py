@@ -37,6 +37,10 @@ class DataError(TidemarkError, RuntimeError):
     """The warehouse does not hold enough labelled rows for the spec's split; the message says what is missing."""
 
 
+class NoLabels(DataError):
+    """No labelled row is known at the as-of date yet."""
+
+
 @dataclass(frozen=True)
 class Extract:
     """Where a split training set was written, with its windows and a fingerprint of the rows."""
@@ -91,7 +95,7 @@ def extract(spec: ModelSpec, settings: Settings, directory: Path, *, as_of: date
     with Warehouse.connect(settings, read_only=True) as wh:
         table = wh.read_arrow(sql)
     if table.num_rows == 0:
-        raise DataError(
+        raise NoLabels(
             f"no labelled rows for spec {spec.name!r} in {features.name!r}"
             + (f" with labels known by {as_of}" if as_of else "") + "; build the features and labels first"
         )

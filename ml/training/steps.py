@@ -21,13 +21,14 @@ from typing import Callable
 
 import numpy as np
 
+from ml.core.errors import NothingToDo
 from ml.core.settings import Settings
-from ml.core.spec import CandidateSpec, FeatureSchema, ModelSpec
+from ml.core.spec import CandidateSpec, FeatureSchema, ModelSpec, dbt_relation
 from ml.registry import Registry, promotion
 from ml.registry.champion import usable_champion
 from ml.registry.repair import repair
 from ml.training.candidates import build_candidate, load_candidate
-from ml.training.data import Extract, extract, load_split
+from ml.training.data import Extract, NoLabels, extract, load_split
 from ml.training.evaluate import TrainingError, evaluate_step
 from ml.training.gate import decide
 from ml.training.metrics import METRICS, score
@@ -48,12 +49,38 @@ def prepare_step(spec: ModelSpec, settings: Settings) -> dict:
     registry = Registry.from_settings(settings)
     report = repair(registry, spec.name, partial(record_promotion, settings))
     champion = usable_champion(settings, spec.name, load_candidate)
-    return {"champion": champion and champion.version, "repaired": report.lines()}
+    return {"champion": champion and champion.version, "champion_as_of": champion and champion.manifest.get("as_of"),
+            "repaired": report.lines()}
 
 
-def extract_step(spec: ModelSpec, settings: Settings, run_id: str, as_of: date | None) -> dict:
-    """Write the split training set under the run's directory and describe it."""
-    return extract(spec, settings, run_directory(settings, spec, run_id) / "data", as_of=as_of).to_dict()
+def scheduled_as_of(spec: ModelSpec, settings: Settings, champion_as_of: str | None) -> date | None:
+    """The as-of date of a run that no one asked a date of: the features watermark, never the clock (None for a
+    snapshot spec). NothingToDo before any features exist, or when the champion was trained as of that day."""
+    from ml.orchestration.watermarks import latest_day
+
+    if spec.time_column is None:
+        return None
+    relation = dbt_relation(settings.dbt_manifest, spec.features.relation)
+    watermark = latest_day(settings, relation.qualified, spec.time_column)
+    if watermark is None:
+        raise NothingToDo(f"{relation.qualified} holds no features yet, so there is nothing to train {spec.name} on; "
+                          "the bootstrap DAG (or build_features) builds them")
+    if champion_as_of and date.fromisoformat(champion_as_of) >= watermark:
+        raise NothingToDo(f"the champion of {spec.name} was trained as of {champion_as_of} and the features reach "
+                          f"{watermark}: there is no newer data to train on")
+    return watermark
+
+
+def extract_step(spec: ModelSpec, settings: Settings, run_id: str, as_of: date | None, *,
+                 scheduled: bool = False) -> dict:
+    """Write the split training set under the run's directory and describe it. A `scheduled` run with no label
+    known yet raises NothingToDo; a run asked for its date fails on it."""
+    try:
+        return extract(spec, settings, run_directory(settings, spec, run_id) / "data", as_of=as_of).to_dict()
+    except NoLabels as exc:
+        if scheduled:
+            raise NothingToDo(f"no labels yet: {exc}") from None
+        raise
 
 
 def _better(metric: str, a: float, b: float) -> bool:

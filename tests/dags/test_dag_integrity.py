@@ -17,10 +17,10 @@ from ml.core.settings import (
     parse_warehouse_url,
 )
 from ml.features.cosmos import ManifestMissing, require_manifest, warehouse_profile
-from ml.orchestration.bootstrap import POOLS, WAREHOUSE_POOL
+from ml.orchestration.airflow_setup import POOLS, WAREHOUSE_POOL
 
 DAGS_DIR = REPO_ROOT / "dags"
-DAG_IDS = {"ingest_raw", "build_features", "train_model", "score_batch", "monitor_model"}
+DAG_IDS = {"bootstrap", "ingest_raw", "build_features", "train_model", "score_batch", "monitor_model"}
 HEAVY_MODULES = ("pandas", "numpy", "pyarrow", "duckdb", "psycopg", "torch", "lightgbm", "sklearn", "evidently")
 
 
@@ -256,9 +256,20 @@ def test_assets_chain_raw_features_predictions_monitoring_retrain_champion(dagba
         "champion": {"train_model"},
     }
     assert consumers == {
+        "bootstrap": set(),
         "ingest_raw": set(),
         "build_features": {"raw"},
         "score_batch": {"features"},
         "monitor_model": {"predictions"},
         "train_model": {"retrain_requested"},
     }
+
+
+def test_later_stages_take_a_free_warehouse_slot_first(dagbag):
+    """Scores and monitoring never queue behind a stream of feature builds; the clock's short ticks go before the
+    builds' dbt tasks, so the clock keeps its pace and a build covers every day landed since the last."""
+    weights = {dag_id: {(t.priority_weight, str(t.weight_rule)) for t in dag.tasks} for dag_id, dag in dagbag.dags.items()}
+    assert all(len(w) == 1 and next(iter(w))[1] == "absolute" for w in weights.values()), weights
+    order = ["build_features", "ingest_raw", "score_batch", "monitor_model", "train_model", "bootstrap"]
+    ranked = [next(iter(weights[dag_id]))[0] for dag_id in order]
+    assert ranked == sorted(set(ranked)), dict(zip(order, ranked))

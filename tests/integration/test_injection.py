@@ -21,7 +21,7 @@ from ml.core.settings import REPO_ROOT, Settings, parse_warehouse_url
 from ml.core.spec import SPEC_DIR, Relation, SpecError, feature_schema, parse_spec
 from ml.core.warehouse import Warehouse
 from ml.ingest.csv_files import TableLoadError, load_csv
-from ml.orchestration.intervals import resolve_as_of, resolve_interval
+from ml.orchestration.intervals import requested_as_of, requested_interval
 from tests.fixtures import parsed_dags
 
 ATTACK = "2025-01-01'; drop table raw.customers; --"
@@ -59,12 +59,12 @@ def _cli(settings: Settings, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("conf", [{"start": ATTACK}, {"end": ATTACK}, {"start": "2025-01-01", "end": ATTACK}])
 def test_conf_dates_with_sql_in_them_are_refused_naming_the_key(conf):
     with pytest.raises(TidemarkError, match="dag_run.conf (start|end) is .*drop table raw.customers.*not a date"):
-        resolve_interval(conf, None, None, None)
+        requested_interval(conf, None)
 
 
 def test_a_conf_as_of_with_sql_in_it_is_refused():
     with pytest.raises(TidemarkError, match="dag_run.conf as_of is .*not a date"):
-        resolve_as_of({"as_of": ATTACK}, None, None)
+        requested_as_of({"as_of": ATTACK}, None)
 
 
 def test_an_ingest_run_whose_conf_holds_sql_fails_before_touching_the_warehouse(airflow_settings, tmp_path, capfd):

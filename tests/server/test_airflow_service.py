@@ -57,7 +57,7 @@ CHROMIUM = Path(os.environ.get("TIDEMARK_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = REPO_ROOT / "var" / "screenshots"
 BROKER_DB = 9  # a Redis database of its own, emptied before the workers start
 AS_OF = SIM.start + timedelta(days=SIM.days - 1)
-DAG_IDS = {"ingest_raw", "build_features", "train_model", "score_batch", "monitor_model"}
+DAG_IDS = {"bootstrap", "ingest_raw", "build_features", "train_model", "score_batch", "monitor_model"}
 SHARDS = 2
 SCORED_DAYS = 30
 PUBLISH_PAUSE_S = 2  # every publish waits this long inside its transaction, where the fault tests strike
@@ -129,6 +129,7 @@ def service(tmp_path_factory, s3_server):
         "TIDEMARK_MODEL_SPEC": str(spec_path),
         "TIDEMARK_AIRFLOW_PASSWORD": password,
         "TIDEMARK_TEST_PAUSE_IN_PUBLISH": str(PUBLISH_PAUSE_S),
+        "TIDEMARK_SIM_DAY_SECONDS": "10",
     }
     boto3.client("s3", endpoint_url=s3_server, **{k.lower(): v for k, v in DUMMY_AWS_ENV.items()
                                                   if k.startswith("AWS_") and "KEY" in k}).create_bucket(Bucket=bucket)
@@ -138,6 +139,7 @@ def service(tmp_path_factory, s3_server):
         metadata_db=f"postgresql://postgres@127.0.0.1:5432/{metadata_db}",
         broker_url=f"redis://127.0.0.1:6379/{BROKER_DB}",
         worker_log_ports=(_free_port(), _free_port()), triggerer_log_port=_free_port(), password=password,
+        paused=True,  # each test unpauses the DAGs it drives
     )
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
@@ -336,3 +338,32 @@ def test_scoring_runs_finish_exactly_once_through_a_killed_shard_a_terminated_an
                               (start, end)).fetchall()
     # Every row is run 2's: its retry replaced run 1's rows rather than adding to them.
     assert stamps == [(datetime.fromisoformat(plan["scored_at"]).replace(tzinfo=None),)], (stamps, plan)
+
+
+def test_the_clock_moves_the_next_day_through_features_and_scores_on_celery(service):
+    """The scheduler loop of tests/server/test_scheduler_loop.py, shortened for this profile: with the world
+    recorded and the clock started (what the bootstrap DAG does last), the scheduler alone loads the next day,
+    builds its features and scores it. Runs last: it moves the warehouse on by days."""
+    from ml.ingest.world import fix_world, start_clock
+
+    fix_world(service.settings, {"seed": SIM.seed, "customers": SIM.customers, "sim_start": str(SIM.start),
+                                 "drift_date": "none"})
+    start_clock(service.settings)
+    day = SIM.start + timedelta(days=SIM.days)  # the first day after the loaded history
+    for dag_id in ("ingest_raw", "build_features", "score_batch"):
+        service.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
+
+    def scored() -> bool:
+        rows, _, features = predictions_per_day(service.settings, day, day)
+        return bool(rows) and rows == features or None
+
+    try:
+        poll(f"the scheduler to score {day}", scored, timeout_s=600, every_s=5)
+    finally:
+        service.call("PATCH", "/api/v2/dags/ingest_raw", {"is_paused": True})  # stop the clock
+    rows, distinct, features = predictions_per_day(service.settings, day, day)
+    assert rows == distinct == features and rows[day] > 0
+    ticks = service.call("GET", "/api/v2/dags/ingest_raw/dagRuns?limit=100")["dag_runs"]
+    assert {r["run_type"] for r in ticks} == {"scheduled"}, ticks
+    builds = service.call("GET", "/api/v2/dags/build_features/dagRuns?limit=100")["dag_runs"]
+    assert any(r["run_type"] == "asset_triggered" and r["state"] == "success" for r in builds), builds

@@ -20,7 +20,7 @@ import yaml
 from docker.utils.build import PatternMatcher
 
 from ml.core.settings import Settings
-from ml.orchestration.bootstrap import POOLS
+from ml.orchestration.airflow_setup import POOLS
 
 GPU_QUEUE = Settings.from_env({}).gpu_queue
 from ml.core.settings import REPO_ROOT, Settings

@@ -1,17 +1,17 @@
-"""Which as-of dates a DAG run covers, and the simulator config a run asks for."""
+"""Which as-of dates a DAG run was asked for, and the simulated world a run asks for."""
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import date
 from types import SimpleNamespace
 
 import pytest
 
-from ml.ingest.steps import sim_config
+from ml.ingest.world import DEFAULT_WORLD, World, WorldMismatch, asked
 from ml.orchestration.intervals import (
     OrchestrationError,
     interval_days,
+    requested_as_of,
     requested_interval,
-    resolve_interval,
 )
 from ml.orchestration.watermarks import (
     Landed,
@@ -33,30 +33,26 @@ RAW = Asset(name="raw", uri="tidemark://warehouse/raw")
 OTHER = Asset(name="features", uri="tidemark://warehouse/marts/customer_features_daily")
 
 
-def utc(*args) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
-
-
 def event(start: str, end: str) -> SimpleNamespace:
     return SimpleNamespace(extra={"start": start, "end": end})
 
 
-def test_conf_wins_over_asset_events_and_the_data_interval():
+def test_conf_wins_over_asset_events():
     events = {RAW: [event("2025-03-01", "2025-03-01")]}
-    got = resolve_interval({"start": "2025-01-01", "end": "2025-01-31"}, events, utc(2025, 5, 1), utc(2025, 5, 2))
+    got = requested_interval({"start": "2025-01-01", "end": "2025-01-31"}, events)
     assert got == {"start": "2025-01-01", "end": "2025-01-31"}
 
 
 def test_conf_with_one_bound_means_one_day():
-    assert resolve_interval({"start": "2025-02-03"}, None, None, None) == {"start": "2025-02-03", "end": "2025-02-03"}
-    assert resolve_interval({"end": "2025-02-03"}, None, None, None) == {"start": "2025-02-03", "end": "2025-02-03"}
+    assert requested_interval({"start": "2025-02-03"}, None) == {"start": "2025-02-03", "end": "2025-02-03"}
+    assert requested_interval({"end": "2025-02-03"}, None) == {"start": "2025-02-03", "end": "2025-02-03"}
 
 
 def test_bad_conf_is_refused_with_the_field_named():
     with pytest.raises(OrchestrationError, match="dag_run.conf start is '2025-13-01'.*YYYY-MM-DD"):
-        resolve_interval({"start": "2025-13-01", "end": "2025-12-31"}, None, None, None)
+        requested_interval({"start": "2025-13-01", "end": "2025-12-31"}, None)
     with pytest.raises(OrchestrationError, match="end 2025-01-01 before start 2025-02-01"):
-        resolve_interval({"start": "2025-02-01", "end": "2025-01-01"}, None, None, None)
+        requested_interval({"start": "2025-02-01", "end": "2025-01-01"}, None)
 
 
 def test_raw_events_give_the_min_start_and_max_end_and_other_assets_are_ignored():
@@ -64,38 +60,24 @@ def test_raw_events_give_the_min_start_and_max_end_and_other_assets_are_ignored(
         RAW: [event("2025-01-05", "2025-01-05"), event("2025-01-01", "2025-01-03"), SimpleNamespace(extra={})],
         OTHER: [event("2024-01-01", "2026-01-01")],
     }
-    got = resolve_interval({}, events, utc(2025, 5, 1), utc(2025, 5, 2))
-    assert got == {"start": "2025-01-01", "end": "2025-01-05"}
+    assert requested_interval({}, events) == {"start": "2025-01-01", "end": "2025-01-05"}
 
 
 def test_events_as_plain_dicts_keyed_by_name_work_too():
-    got = resolve_interval(None, {"raw": [{"extra": {"start": "2025-01-02", "end": "2025-01-04"}}]}, None, None)
+    got = requested_interval(None, {"raw": [{"extra": {"start": "2025-01-02", "end": "2025-01-04"}}]})
     assert got == {"start": "2025-01-02", "end": "2025-01-04"}
 
 
-def test_raw_events_without_dates_fall_back_to_the_data_interval():
-    got = resolve_interval({}, {RAW: [SimpleNamespace(extra={})]}, utc(2025, 1, 5), utc(2025, 1, 6))
-    assert got == {"start": "2025-01-05", "end": "2025-01-05"}
+def test_a_run_asked_for_no_days_gets_none_rather_than_a_day_off_the_clock():
+    assert requested_interval(None, {RAW: [SimpleNamespace(extra={})]}) is None
+    assert requested_interval({}, {}) is None
 
 
-@pytest.mark.parametrize(
-    "start, end, expected",
-    [
-        (utc(2025, 1, 5), utc(2025, 1, 6), ("2025-01-05", "2025-01-05")),  # a daily interval: its end is exclusive
-        (utc(2025, 1, 5), utc(2025, 1, 8), ("2025-01-05", "2025-01-07")),  # three days
-        (utc(2025, 1, 6), utc(2025, 1, 6), ("2025-01-05", "2025-01-05")),  # a point: the day that just ended
-        (utc(2025, 1, 6, 13, 30), utc(2025, 1, 6, 13, 30), ("2025-01-05", "2025-01-05")),
-        (utc(2025, 1, 5), utc(2025, 1, 5, 12), ("2025-01-05", "2025-01-05")),  # part of a day
-    ],
-)
-def test_the_data_interval_maps_to_whole_as_of_days(start, end, expected):
-    got = resolve_interval(None, None, start, end)
-    assert (got["start"], got["end"]) == expected
-
-
-def test_no_conf_no_events_and_no_interval_says_what_to_pass():
-    with pytest.raises(OrchestrationError, match='dag_run.conf like {"start"'):
-        resolve_interval(None, {}, None, None)
+def test_a_training_run_asked_for_no_as_of_gets_none():
+    assert requested_as_of({"as_of": "2025-03-14"}, None) == date(2025, 3, 14)
+    events = {OTHER: [SimpleNamespace(extra={"as_of": "2025-03-22"}), SimpleNamespace(extra={"end": "2025-03-25"})]}
+    assert requested_as_of(None, events) == date(2025, 3, 25)
+    assert requested_as_of(None, None) is None and requested_as_of({}, {OTHER: [SimpleNamespace(extra={})]}) is None
 
 
 def test_interval_days_lists_every_day_inclusive():
@@ -104,13 +86,15 @@ def test_interval_days_lists_every_day_inclusive():
     ]
 
 
-def test_sim_config_reaches_the_interval_end_from_the_params():
-    cfg = sim_config({"seed": 3, "customers": 300, "sim_start": "2025-01-01", "drift_date": None}, date(2025, 2, 9))
-    assert (cfg.seed, cfg.customers, cfg.start, cfg.end) == (3, 300, date(2025, 1, 1), date(2025, 2, 9))
-    assert cfg.drift_date is None
-    assert sim_config({}, date(2025, 1, 1)).drift_date == date(2025, 4, 1)  # defaults fill missing params
-    with pytest.raises(OrchestrationError, match="before the simulation starts"):
-        sim_config({"sim_start": "2025-01-01"}, date(2024, 12, 31))
+def test_a_world_reaches_the_interval_end_and_params_override_only_what_they_set():
+    world = DEFAULT_WORLD.with_params({"seed": 3, "customers": 300, "sim_start": "2025-01-01", "drift_date": "none"})
+    cfg = world.config(date(2025, 2, 9))
+    assert (cfg.seed, cfg.customers, cfg.start, cfg.end, cfg.drift_date) == (3, 300, date(2025, 1, 1), date(2025, 2, 9), None)
+    # Empty values (what the trigger form sends for an untouched Param) keep the world's own.
+    assert DEFAULT_WORLD.with_params({"seed": None, "customers": "", "start": "2025-01-01"}) == DEFAULT_WORLD
+    assert asked({"seed": None, "customers": 5, "end": "2025-01-01"}) == {"customers": 5}
+    with pytest.raises(WorldMismatch, match="before this world's first day"):
+        World(sim_start=date(2025, 1, 1)).config(date(2024, 12, 31))
 
 
 # -- watermarks -----------------------------------------------------------------------------------

@@ -27,6 +27,18 @@ POOLS = {
     GPU_POOL: "One slot: training tasks that use the GPU run one at a time.",
 }
 
+# Which waiting task gets a free warehouse slot first (absolute weights, so the number of tasks downstream does not
+# count): the later the stage, the sooner, so scores and monitoring never wait behind a stream of feature builds.
+# The simulated clock's ticks are short and go before the builds' dbt tasks: the clock keeps its pace, and each
+# build covers every day that landed since the one before.
+PRIORITY = {"bootstrap": 50, "train_model": 40, "monitor_model": 30, "score_batch": 20, "ingest_raw": 15,
+            "build_features": 10}
+
+
+def priority(dag_id: str) -> dict[str, object]:
+    """The default_args that give a DAG's tasks its place in PRIORITY."""
+    return {"priority_weight": PRIORITY[dag_id], "weight_rule": "absolute"}
+
 
 def init_airflow(settings: Settings, env: Mapping[str, str] | None = None) -> None:
     """Create or upgrade Airflow's metadata DB (SQLite under TIDEMARK_HOME unless `env` names another)
