@@ -20,6 +20,8 @@ WAREHOUSE_EXAMPLES = (
 # The Airflow connection through which Cosmos gives dbt a PostgreSQL warehouse (see Settings.airflow_env).
 WAREHOUSE_CONN_ID = "tidemark_warehouse"
 WAREHOUSE_CONN_VARIABLE = f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"  # where Airflow looks it up
+# Every schema the pipeline writes in the warehouse: raw tables (ml/ingest), the dbt layers, ml's tables.
+PIPELINE_SCHEMAS = ("raw", "staging", "intermediate", "marts", "ml")
 
 
 class SettingsError(TidemarkError, ValueError):

@@ -1,8 +1,8 @@
 """The simulated world a warehouse holds, and the simulated clock that moves it forward.
 
-A warehouse holds one simulated world. Its parameters (seed, customers, first day, drift day and the
-simulator's rates) are recorded in `ml.simulated_world` by the first load, and every later load must ask
-for the same ones or none. The bootstrap lands the world's history, and once a first champion exists it
+A warehouse holds one simulated world. Its parameters (seed, customers, first day and drift day) are
+recorded in `ml.simulated_world` by the first load, and every later load must ask for the same ones or
+none. The bootstrap lands the world's history, and once a first champion exists it
 starts the clock: from then on each scheduled `ingest_raw` run loads the day after the loaded watermark,
 never a day read off the wall clock.
 """
@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Mapping
 
 from ml.core.errors import NothingToDo, TidemarkError
-from ml.core.settings import Settings, redacted_url
+from ml.core.settings import PIPELINE_SCHEMAS, Settings, redacted_url
 from ml.orchestration.intervals import interval_days, parse_day, requested_interval
 
 if TYPE_CHECKING:
@@ -223,8 +223,7 @@ def _start_over(settings: Settings) -> str:
     if settings.warehouse.kind == "duckdb":
         where = f"remove {settings.warehouse.path}"
     else:
-        where = (f"drop the schemas raw, staging, intermediate, marts and ml in "
-                 f"{redacted_url(settings.warehouse.url)}")
+        where = f"drop the schemas {', '.join(PIPELINE_SCHEMAS)} in {redacted_url(settings.warehouse.url)}"
     return (f"`make airflow-stop`, {where} and the registry at {settings.registry_uri}, or set TIDEMARK_HOME to a "
             f"new folder; then `make airflow`")
 

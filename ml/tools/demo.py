@@ -30,6 +30,7 @@ from rich.table import Table
 
 from ml.core.errors import TidemarkError
 from ml.core.settings import (
+    PIPELINE_SCHEMAS,
     Settings,
     WarehouseTarget,
     parse_warehouse_url,
@@ -52,8 +53,6 @@ SERVER_DATABASE = "tidemark_demo"
 SERVER_WAREHOUSE_URL = f"postgresql://postgres@127.0.0.1:5432/{SERVER_DATABASE}"
 SERVER_BUCKET = "tidemark-demo"
 SERVER_REGISTRY_URI = f"s3://{SERVER_BUCKET}/registry"
-# Every schema the pipeline writes: raw tables (ml/ingest, ml/tables), the dbt layers, ml's tables.
-PIPELINE_SCHEMAS = ("raw", "staging", "intermediate", "marts", "ml")
 
 
 class DemoError(TidemarkError, RuntimeError):

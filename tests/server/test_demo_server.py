@@ -19,8 +19,8 @@ from typing import Iterator
 
 import pytest
 
-from ml.core.settings import REPO_ROOT
-from ml.tools.demo import DEMO_SIM, FIRST_TRAIN_AS_OF, PIPELINE_SCHEMAS
+from ml.core.settings import PIPELINE_SCHEMAS, REPO_ROOT
+from ml.tools.demo import DEMO_SIM, FIRST_TRAIN_AS_OF
 from ml.tools.s3local import DUMMY_AWS_ENV, local_s3_server
 from tests.fixtures import PG_ADMIN_DSN, create_database, drop_database
 

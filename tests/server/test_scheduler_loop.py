@@ -2,9 +2,9 @@
 
 `python -m ml airflow start --no-bootstrap` starts the local profile (`make airflow`: LocalExecutor,
 SQLite, DuckDB) on a throwaway TIDEMARK_HOME, with the simulated clock at one day every 20 seconds.
-After that the test only talks REST: it triggers the `bootstrap` DAG once, and the scheduler does
-the rest: ingest ticks, asset-triggered feature builds, scoring and monitoring, the retrain request
-and the gate. `python -m ml airflow stop` then has to end every process it started.
+After that everything goes through REST: `python -m ml airflow bootstrap` unpauses the DAGs and
+triggers the `bootstrap` DAG once, the test only polls, and the scheduler does the rest: ingest ticks,
+asset-triggered feature builds, scoring and monitoring, the retrain request and the gate. `python -m ml airflow stop` then has to end every process it started.
 
 To reach the drift event in a few simulated days, the world's drift day is the day after its
 history ends, and the test spec asks for a retrain on the first day at least 5% of the watched
@@ -24,16 +24,13 @@ import yaml
 from ml.core.settings import REPO_ROOT, Settings
 from ml.core.spec import SPEC_DIR
 from ml.monitoring.drift import DATASET_ROW
-from ml.tools.service import _alive, _port_free, read_state
+from ml.tools.service import LOOP_DAGS, _alive, _port_free, read_state
 from tests.server.test_airflow_service import Service, _free_port, _token
 
 HISTORY_END = date(2025, 3, 14)  # the demo's first training date
 DRIFT_DATE = HISTORY_END + timedelta(days=1)
-WORLD = {"seed": 7, "customers": 2_000, "sim_start": "2024-08-01", "drift_date": DRIFT_DATE.isoformat(),
-         "history_end": HISTORY_END.isoformat()}
 SIM_DAY_SECONDS = 20
 LOOP_TIMEOUT_S = 900
-LOOP_DAGS = ("bootstrap", "ingest_raw", "build_features", "train_model", "score_batch", "monitor_model")
 
 
 @pytest.fixture(scope="module")
@@ -77,17 +74,17 @@ def _again() -> str:
     return again.stdout + again.stderr
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ml", "airflow", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=timeout_s)
 
 
 def _run_loop(service: Service, started_at: float) -> dict:
     """Trigger the bootstrap, then wait, without triggering anything else, for the gate's decision on a retrain."""
-    for dag_id in LOOP_DAGS:
-        _wait_for(lambda d=dag_id: _exists(service, d), f"the DAG processor to parse {dag_id}", 120)
-        service.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
-    service.call("POST", "/api/v2/dags/bootstrap/dagRuns", {"logical_date": None, "conf": WORLD})
+    # The command waits for the DAG processor, unpauses the loop's DAGs and triggers bootstrap over REST.
+    triggered = _cli("bootstrap", "--drift-date", DRIFT_DATE.isoformat(), "--history-end", HISTORY_END.isoformat(),
+                     timeout_s=400)
+    assert triggered.returncode == 0, triggered.stdout[-3000:] + triggered.stderr[-3000:]
     timings = {}
     deadline = time.monotonic() + LOOP_TIMEOUT_S
     while time.monotonic() < deadline:
@@ -104,10 +101,6 @@ def _run_loop(service: Service, started_at: float) -> dict:
 def _snapshot(service: Service) -> dict[str, list[dict]]:
     """Every run of the loop's DAGs, oldest first, with its tasks' states: what the checks read once it stopped."""
     return {d: [{**r, "tasks": _tasks(service, d, r["dag_run_id"])} for r in _runs(service, d)] for d in LOOP_DAGS}
-
-
-def _exists(service: Service, dag_id: str) -> bool:
-    return dag_id in {d["dag_id"] for d in service.call("GET", "/api/v2/dags?limit=100")["dags"]}
 
 
 def _runs(service: Service, dag_id: str) -> list[dict]:
@@ -135,14 +128,6 @@ def _fail_on_failed_runs(service: Service) -> None:
     if failed:
         logs = service.settings.airflow_home / "logs"
         pytest.fail(f"runs failed: {failed}; their task logs are under {logs}")
-
-
-def _wait_for(probe, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not probe():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {timeout_s:.0f} s for {what}")
-        time.sleep(2)
 
 
 def _query(settings: Settings, sql: str) -> list[tuple]:
