@@ -11,13 +11,14 @@ export DO_NOT_TRACK := 1
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export SCARF_ANALYTICS := false
 
-.PHONY: install demo demo-server test test-server browser airflow airflow-celery airflow-status airflow-stop bench clean help
+.PHONY: install demo demo-server test test-server browser airflow airflow-celery airflow-status airflow-stop bench bench-gpu clean help
 
 help:
 	@echo "make demo   - install (first time) and run the end-to-end demo on the embedded defaults"
 	@echo "make test   - install (first time) and run the test suite"
 	@echo "make demo-server - the same demo on PostgreSQL (database tidemark_demo) and a registry on a local S3 API (moto)"
 	@echo "make bench  - run the benchmarks under bench/"
+	@echo "make bench-gpu - train the PyTorch candidate on CUDA (bf16) and on the CPU; says so and stops without CUDA"
 	@echo "make airflow        - start Airflow (api-server, scheduler, dag-processor, triggerer) on the embedded defaults"
 	@echo "make airflow-celery - the same with the CeleryExecutor on Redis, metadata on PostgreSQL, a gpu-queue worker"
 	@echo "make airflow-stop   - stop what make airflow / airflow-celery started"
@@ -71,6 +72,9 @@ bench: install
 	$(PY) bench/bench_features.py --customers 125000 --duckdb-memory-limit 14GB
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_drift.py
+
+bench-gpu: install
+	$(PY) bench/bench_gpu.py
 
 clean:
 	rm -rf var dbt_project/target dbt_project/logs

@@ -1,24 +1,32 @@
-"""Daily incremental feature build against a full rebuild of marts.customer_features_daily.
+"""A full rebuild of marts.customer_features_daily against a daily incremental run, and against its peers.
 
 1. Simulate and load `--days` of raw history into a throwaway warehouse (timed separately).
-2. Full build: `dbt run --select +customer_features_daily --full-refresh`, every as_of_date.
+2. Full build: `dbt run --select +customer_features_daily --full-refresh`, every as_of_date (the
+   mart's `windows` formulation: range frames over each customer's days).
 3. Daily run: `dbt run --select customer_features_daily` with start_date = end_date = the last
-   day D, repeated `--repeats` times after the full build; the median counts.
+   day D, repeated `--repeats` times after the full build; the median counts. `auto` takes the `join`
+   formulation for it; the same daily run with the `windows` formulation is timed too.
+4. PostgreSQL only: the daily run again with JIT compilation on (`PGOPTIONS=-c jit=on`), against the
+   pipeline's setting (off).
+5. `--per-day-peer`: the `join` formulation run one as_of_date per query over the whole history, as a
+   microbatch build would run it (one batch per day, each reading its 90-day window); its rows must
+   equal the mart's.
 
 Reported as the ratio full/daily, for wall time (dbt start-up included) and for the model's own
-execution time from run_results.json, and per as_of_date. To keep the comparison honest, the rows
-for D after every daily run must equal the full build's rows for D: same count and the same
-sha256 over every column in customer_id order.
+execution time from run_results.json, and per as_of_date, with the peak RSS of each dbt process. To
+keep the comparison honest, the rows for D after every daily run must equal the full build's rows for
+D: same count and the same sha256 over every column in customer_id order.
 
-A full build that runs past `--full-timeout` is stopped, and one that fails (e.g. DuckDB out of memory
-and temp space) is recorded; either way the daily runs are still measured, and after a timeout the
-ratio is reported as a lower bound. `--duckdb-memory-limit` / `--duckdb-temp-limit` cap DuckDB
-through a copy of the project's profile. By default memory is DuckDB's own limit (80% of RAM) and
-spilling stops at 40GB of temp files rather than DuckDB's 90% of the free disk.
+DuckDB runs under TIDEMARK_DUCKDB_MEMORY_LIMIT (`--duckdb-memory-limit`, default 6GB here) and spills
+to TIDEMARK_DUCKDB_TEMP_DIR; `--duckdb-temp-limit` caps the spill (default 40GB). A full build that
+runs past `--full-timeout` is stopped, and one that fails (e.g. out of memory and temp space) is
+recorded; either way the daily runs are still measured, and after a timeout the ratio is reported as
+a lower bound.
 
     .venv/bin/python bench/bench_features.py                        # 1,000,000 customers x 90 days
-    .venv/bin/python bench/bench_features.py --customers 5000 --days 30
-    .venv/bin/python bench/bench_features.py --customers 125000 --duckdb-memory-limit 14GB --result-name bench_features_125k
+    .venv/bin/python bench/bench_features.py --customers 250000 --days 365
+    .venv/bin/python bench/bench_features.py --customers 125000 --per-day-peer
+    .venv/bin/python bench/bench_features.py --warehouse postgres --customers 100000
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import json
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import date
 from pathlib import Path
 
@@ -69,6 +77,7 @@ class _Dbt:
 
     def __init__(self, settings: Settings, duckdb_settings: dict[str, str]):
         self.settings = settings
+        self.env: dict[str, str] = {}
         self.target = settings.home / "dbt_target"
         self.flags = ["--target-path", str(self.target), "--log-path", str(settings.home / "dbt_logs")]
         if duckdb_settings and settings.warehouse.kind == "duckdb":
@@ -79,7 +88,7 @@ class _Dbt:
         import yaml
 
         profiles = yaml.safe_load((self.settings.dbt_project_dir / "profiles.yml").read_text())
-        profiles["tidemark"]["outputs"]["duckdb"].setdefault("settings", {}).update(duckdb_settings)
+        profiles["tidemark"]["outputs"]["duckdb"].setdefault("config_options", {}).update(duckdb_settings)
         folder = self.settings.home / "dbt_profiles"
         folder.mkdir(exist_ok=True)
         (folder / "profiles.yml").write_text(yaml.safe_dump(profiles, sort_keys=False))
@@ -102,7 +111,7 @@ class _Dbt:
             if watchdog:
                 watchdog.start()
             try:
-                result = run_dbt([*args, *self.flags], settings=self.settings, vars=vars, capture=True)
+                result = run_dbt([*args, *self.flags], settings=self.settings, vars=vars, capture=True, env=self.env)
             finally:
                 if watchdog:
                     watchdog.cancel()
@@ -153,6 +162,34 @@ def _table_stats(settings: Settings) -> dict:
         }
 
 
+def _per_day_peer(settings: Settings, dbt: "_Dbt", cfg: SimConfig) -> dict:
+    """The mart's join formulation run one as_of_date per query over the whole history, into a scratch table:
+    what a microbatch build runs, one batch per day, each reading that day's 90-day window."""
+    from datetime import timedelta
+
+    from ml.core.warehouse import Warehouse
+
+    first = cfg.start.isoformat()
+    dbt(["compile", "--select", "customer_features_daily"],
+        vars={"start_date": first, "end_date": first, "features_formulation": "join"})
+    compiled = (dbt.target / "compiled" / "tidemark" / "models" / "marts" / "customer_features_daily.sql").read_text()
+    if compiled.count(f"'{first}'") < 2:
+        raise SystemExit(f"the compiled reference does not name {first} as its bounds; cannot run it per day")
+    seconds, rows = [], 0
+    with Warehouse.connect(settings) as wh:
+        wh.execute(f"create table marts.features_by_join as select * from ({compiled}) as r where false")
+        for i in range(cfg.days):
+            day = (cfg.start + timedelta(days=i)).isoformat()
+            started = time.perf_counter()
+            wh.execute(f"insert into marts.features_by_join select * from ({compiled.replace(repr(first), repr(day))}) as r")
+            seconds.append(time.perf_counter() - started)
+        rows = wh.scalar("select count(*) from marts.features_by_join")
+        extra = wh.scalar(f"select count(*) from (select * from marts.features_by_join except all "
+                          f"select * from {FEATURES}) as d")
+    return {"seconds": sum(seconds), "slowest_day_seconds": max(seconds), "rows": rows,
+            "rows_not_in_mart": extra}
+
+
 def run(
     cfg: SimConfig,
     warehouse: str,
@@ -160,6 +197,8 @@ def run(
     full_timeout: float | None,
     duckdb_settings: dict,
     result_name: str | None = None,
+    memory_limit: str | None = None,
+    per_day_peer: bool = False,
 ) -> dict:
     day = cfg.end
     console.print(
@@ -168,6 +207,8 @@ def run(
     )
     daily_vars = {"start_date": day.isoformat(), "end_date": day.isoformat()}
     with scratch_settings(NAME, warehouse) as settings:
+        if memory_limit and warehouse == "duckdb":
+            settings = replace(settings, warehouse=replace(settings.warehouse, memory_limit=memory_limit))
         console.print(f"  loading the raw history into {settings.warehouse.url} ...")
         history = in_child(_load_history, cfg, settings)
         size = warehouse_size_bytes(settings)
@@ -199,6 +240,25 @@ def run(
             daily_runs.append(d)
             console.print(f"    {d['seconds']:.1f}s, {d['fingerprint']['rows']:,} rows for {day}")
 
+        # The same daily run with the windows formulation, which `auto` leaves to longer runs.
+        windows_daily = []
+        for i in range(repeats):
+            console.print(f"  daily run with the windows formulation {i + 1}/{repeats} ...")
+            windows_daily.append(dbt(["run", "--select", "customer_features_daily"],
+                                     vars={**daily_vars, "features_formulation": "windows"}))
+        jit_on = []
+        if warehouse == "postgres":
+            # The same daily run with PostgreSQL's JIT compilation back on (the pipeline turns it off).
+            dbt.env = {"PGOPTIONS": "-c jit=on"}
+            for i in range(repeats):
+                console.print(f"  daily run with JIT on {i + 1}/{repeats} ...")
+                jit_on.append(dbt(["run", "--select", "customer_features_daily"], vars=daily_vars))
+            dbt.env = {}
+        peer = None
+        if per_day_peer and not full["stopped"]:
+            console.print(f"  the join formulation, one as_of_date per query, {cfg.days} dates ...")
+            peer = _per_day_peer(settings, dbt, cfg)
+
     reference = expected or daily_runs[0]["fingerprint"]
     mismatches = [d["fingerprint"] for d in daily_runs if d["fingerprint"] != reference]
     table_rows = full["rows"] if expected else daily_runs[0]["table_rows_after"]
@@ -214,6 +274,17 @@ def run(
         "peak_rss_mib": max(d["peak_rss_mib"] for d in daily_runs),
         "runs": daily_runs,
     }
+    daily["windows_formulation"] = {
+        "seconds": median([d["seconds"] for d in windows_daily]),
+        "model_seconds": median([d["model_seconds"] for d in windows_daily]),
+        "runs": windows_daily,
+    }
+    if jit_on:
+        daily["jit_on"] = {
+            "seconds": median([d["seconds"] for d in jit_on]),
+            "model_seconds": median([d["model_seconds"] for d in jit_on]),
+            "runs": jit_on,
+        }
     if full["stopped"] == "failed":
         ratios = {}
     elif full["stopped"]:
@@ -231,7 +302,13 @@ def run(
                 daily["model_seconds"], full["model_seconds"] / full["as_of_dates"]
             ),
         }
+    if jit_on:
+        ratios["daily_model_jit_on_over_off"] = ratio(daily["jit_on"]["model_seconds"], daily["model_seconds"])
+    if peer:
+        ratios["per_day_join_over_full"] = ratio(peer["seconds"], full["model_seconds"])
     result = {
+        "per_day_join_peer": peer,
+        "memory_limit": memory_limit,
         "scale": {"customers": cfg.customers, "days": cfg.days, "seed": cfg.seed, "warehouse": warehouse},
         "config": asdict(cfg),
         "duckdb_settings": duckdb_settings,
@@ -304,6 +381,23 @@ def _print(r: dict) -> None:
             f"{fmt_ratio(ratios['daily_over_full_per_as_of_date_wall'])} (wall) / "
             f"{fmt_ratio(ratios['daily_over_full_per_as_of_date_model'])} (model) of the full build's"
         )
+    w = daily["windows_formulation"]
+    console.print(f"the daily run with the join formulation (auto's choice): {daily['model_seconds']:.2f}s in the model; "
+                  f"with the windows formulation: {w['model_seconds']:.2f}s")
+    if "jit_on" in daily:
+        console.print(
+            f"PostgreSQL JIT: the daily model ran {daily['model_seconds']:.2f}s with JIT off (the pipeline's setting) and "
+            f"{daily['jit_on']['model_seconds']:.2f}s with it on: on/off {fmt_ratio(ratios['daily_model_jit_on_over_off'])}"
+        )
+    if r.get("per_day_join_peer"):
+        p = r["per_day_join_peer"]
+        console.print(
+            f"the join formulation one date per query: {p['seconds']:.1f}s for {s['days']} dates ({p['rows']:,} rows, "
+            f"{p['rows_not_in_mart']} not in the mart), {fmt_ratio(ratios['per_day_join_over_full'])} the full "
+            "rebuild's model time"
+        )
+    console.print(f"peak RSS of the dbt process: full rebuild {full['peak_rss_mib']:,.0f} MiB, daily run "
+                  f"{daily['peak_rss_mib']:,.0f} MiB" + (f" (DuckDB memory_limit {r['memory_limit']})" if r["memory_limit"] else ""))
     counts = [d["fingerprint"]["rows"] for d in daily["runs"]]
     fp = r["full_rows_for_day"]
     if fp is None:
@@ -327,8 +421,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", type=date.fromisoformat, default=date(2025, 1, 1), help="first day, YYYY-MM-DD")
     parser.add_argument("--full-timeout", type=float, default=1200, metavar="SECONDS",
                         help="stop the full build after this long and report a lower bound (default: 1200; 0: none)")
-    parser.add_argument("--duckdb-memory-limit", default=None, metavar="SIZE",
-                        help="DuckDB memory_limit for the dbt runs, e.g. 12GB (default: DuckDB's, 80%% of RAM)")
+    parser.add_argument("--duckdb-memory-limit", default="6GB", metavar="SIZE",
+                        help="TIDEMARK_DUCKDB_MEMORY_LIMIT for the dbt runs (default: 6GB; 'default' for the "
+                             "setting's own default, 80%% of RAM)")
+    parser.add_argument("--per-day-peer", action="store_true",
+                        help="also run the join definition one as_of_date per query over the history (slow at scale)")
     parser.add_argument("--duckdb-temp-limit", default="40GB", metavar="SIZE",
                         help="DuckDB max_temp_directory_size for spilling (default: 40GB rather than DuckDB's 90%% "
                              "of free disk; 'default' for DuckDB's)")
@@ -341,12 +438,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = SimConfig(seed=args.seed, customers=args.customers, start=args.start, days=args.days)
     except ValueError as exc:
         parser.error(str(exc))
-    duckdb_settings = {
-        key: value
-        for key, value in (("memory_limit", args.duckdb_memory_limit), ("max_temp_directory_size", args.duckdb_temp_limit))
-        if value and value != "default"
-    }
-    run(cfg, args.warehouse, args.repeats, args.full_timeout or None, duckdb_settings, args.result_name)
+    duckdb_settings = {"max_temp_directory_size": args.duckdb_temp_limit} if args.duckdb_temp_limit != "default" else {}
+    memory_limit = None if args.duckdb_memory_limit == "default" else args.duckdb_memory_limit
+    run(cfg, args.warehouse, args.repeats, args.full_timeout or None, duckdb_settings, args.result_name,
+        memory_limit, args.per_day_peer)
 
 
 if __name__ == "__main__":

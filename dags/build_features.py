@@ -10,10 +10,13 @@ asset), for exactly the as-of dates those days cover.
    no gap before it. A run with neither (a manual run with no conf) builds the days after the
    features watermark (the latest as-of date in the feature mart) up to the loaded watermark, or
    the loaded watermark's day alone when the features reach it; never a day read off the clock.
-2. `dbt` is the dbt project rendered by Cosmos from its manifest: one task per model, each running
-   `dbt build` on that model and its tests with the dates as the `start_date`/`end_date` vars; one
-   task per raw source running its tests, so a bad raw row stops every model built on it. All dbt
-   tasks share the one-slot `warehouse` pool.
+2. `dbt` is the dbt project rendered by Cosmos from its manifest in its watcher mode: the
+   `dbt_producer_watcher` task runs one `dbt build` of every model and test with the dates as the
+   `start_date`/`end_date` vars, in one dbt process and the one-slot `warehouse` pool. Then a task
+   per model (`<model>.run`), per model's tests (`<model>.test`) and per raw source's tests shows
+   that node's result from the build, so a failure is seen on the node that failed. dbt skips
+   every model built on a failed test, raw sources' tests included, and their tasks fail. A failed
+   model's task retries by running that model alone.
 3. `publish_features` emits the `features` asset with the dates in its extra, only when every dbt
    task succeeded.
 """
@@ -30,6 +33,7 @@ from cosmos import (
     RenderConfig,
 )
 from cosmos.constants import (
+    ExecutionMode,
     InvocationMode,
     LoadMode,
     SourceRenderingBehavior,
@@ -38,9 +42,9 @@ from cosmos.constants import (
 
 from ml.core.settings import Settings
 from ml.features.cosmos import (
-    gate_on_detached_tests,
+    order_watchers_after_producer,
     require_manifest,
-    source_tests_task,
+    source_tests_watcher,
     warehouse_profile,
 )
 from ml.features.dbt import dbt_executable
@@ -90,21 +94,29 @@ def build_features():
         # PostgreSQL through the Airflow connection `tidemark_warehouse`: its password reaches dbt only
         # when a task runs, never this DAG's environment or its serialized form.
         profile_config=warehouse_profile(settings),
-        # Each dbt node in its own process, so DuckDB's file lock is released when it ends.
+        # One `dbt build` of the whole selection in one dbt process (the producer task), in the warehouse
+        # pool; a sensor per model and per model's tests shows that node's own result from it.
         execution_config=ExecutionConfig(
-            dbt_executable_path=dbt_executable(), invocation_mode=InvocationMode.SUBPROCESS
+            execution_mode=ExecutionMode.WATCHER,
+            dbt_executable_path=dbt_executable(),
+            invocation_mode=InvocationMode.SUBPROCESS,
+            # A second `dbt build` on retry would redo the whole selection; the failed nodes' own tasks
+            # retry instead, each running its node alone.
+            setup_operator_args={"retries": 0},
         ),
         render_config=RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
-            test_behavior=TestBehavior.BUILD,
+            test_behavior=TestBehavior.AFTER_EACH,
             source_rendering_behavior=SourceRenderingBehavior.WITH_TESTS_OR_FRESHNESS,
             # The public data sets are loaded and built on their own, not per simulated day; the
             # score marts are built by score_batch, once ml.predictions holds the new scores.
             exclude=["tag:public_data", "tag:scores"],
-            # Under BUILD, Cosmos 1.15 would run only `dbt source freshness` for a source, not its tests.
-            node_converters={DbtResourceType.SOURCE: source_tests_task},
-            # A test across two nodes (relationships) runs in its own task once both exist.
-            should_detach_multiple_parents_tests=True,
+            # A raw source's tests show as one task that reads their result from the build.
+            node_converters={DbtResourceType.SOURCE: source_tests_watcher},
+            node_conversion_by_task_group=True,
+            # A test across two nodes (relationships) counts among the tests of each of them; dbt build
+            # runs it once both exist and skips what is built on either when it fails.
+            should_detach_multiple_parents_tests=False,
             # Downstream DAGs consume the one `features` asset below, not an asset per model.
             emit_datasets=False,
         ),
@@ -112,9 +124,11 @@ def build_features():
             "vars": DBT_VARS,
             "env": settings.dbt_env(secrets=False),
             "pool": WAREHOUSE_POOL,
+            # Cosmos gives its watcher tasks weights of their own; the DAG's place in the pool's order wins.
+            **priority("build_features"),
         },
     )
-    gate_on_detached_tests(dbt)  # ...and the models built on those nodes wait for it
+    order_watchers_after_producer(dbt, after=interval)
     interval >> dbt >> publish_features(interval)
 
 

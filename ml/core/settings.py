@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
@@ -22,6 +24,12 @@ WAREHOUSE_CONN_ID = "tidemark_warehouse"
 WAREHOUSE_CONN_VARIABLE = f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"  # where Airflow looks it up
 # Every schema the pipeline writes in the warehouse: raw tables (ml/ingest), the dbt layers, ml's tables.
 PIPELINE_SCHEMAS = ("raw", "staging", "intermediate", "marts", "ml")
+# DuckDB's own default memory limit; TIDEMARK_DUCKDB_MEMORY_LIMIT replaces it.
+DUCKDB_DEFAULT_MEMORY_LIMIT = "80%"
+# libpq options of every PostgreSQL session that dbt and ml/ open: JIT compilation costs more than it
+# saves on the pipeline's queries (bench/bench_features.py --pg-jit on measures it).
+POSTGRES_OPTIONS = "-c jit=off"
+_MEMORY_LIMIT = re.compile(r"^\s*\d+(\.\d+)?\s*(%|[KMGT]i?B)\s*$", re.IGNORECASE)
 
 
 class SettingsError(TidemarkError, ValueError):
@@ -40,14 +48,28 @@ class WarehouseTarget:
     user: str = ""
     password: str = ""
     database: str = ""
+    # DuckDB only: its memory limit (a size such as 6GB, or a share of RAM such as 80%) and where it
+    # spills what does not fit (None: DuckDB's own, the database file's path plus `.tmp`).
+    memory_limit: str = DUCKDB_DEFAULT_MEMORY_LIMIT
+    temp_directory: Path | None = None
 
     @property
     def dbt_target(self) -> str:
         return self.kind
 
+    @property
+    def duckdb_config(self) -> dict[str, str]:
+        """The settings each DuckDB connection opens with, from dbt and from ml/ alike."""
+        return {"memory_limit": self.memory_limit, "temp_directory": str(self.spill_directory)}
+
+    @property
+    def spill_directory(self) -> Path:
+        return self.temp_directory or self.path.with_name(self.path.name + ".tmp")
+
     def dsn(self) -> str:
         """libpq connection string (PostgreSQL only)."""
-        parts = [f"host={self.host}", f"port={self.port}", f"dbname={self.database}", f"user={self.user}"]
+        parts = [f"host={self.host}", f"port={self.port}", f"dbname={self.database}", f"user={self.user}",
+                 f"options='{POSTGRES_OPTIONS}'"]
         if self.password:
             parts.append(f"password={self.password}")
         return " ".join(parts)
@@ -83,6 +105,21 @@ def parse_warehouse_url(url: str, *, variable: str = "TIDEMARK_WAREHOUSE_URL") -
             database=database,
         )
     raise SettingsError(f"{variable}={url!r} is not a supported warehouse URL. Valid examples: {WAREHOUSE_EXAMPLES}")
+
+
+def _with_duckdb_settings(target: WarehouseTarget, env: Mapping[str, str]) -> WarehouseTarget:
+    """The target with TIDEMARK_DUCKDB_MEMORY_LIMIT and TIDEMARK_DUCKDB_TEMP_DIR applied (DuckDB only)."""
+    limit = env.get("TIDEMARK_DUCKDB_MEMORY_LIMIT", "").strip() or DUCKDB_DEFAULT_MEMORY_LIMIT
+    if not _MEMORY_LIMIT.match(limit):
+        raise SettingsError(f"TIDEMARK_DUCKDB_MEMORY_LIMIT={limit!r} is not a size: give e.g. 6GB, 512MB or 80% "
+                            f"(a share of this machine's memory; default {DUCKDB_DEFAULT_MEMORY_LIMIT})")
+    temp = env.get("TIDEMARK_DUCKDB_TEMP_DIR", "").strip()
+    if target.kind != "duckdb":
+        return target
+    temp_directory = None
+    if temp:
+        temp_directory = Path(temp) if Path(temp).is_absolute() else REPO_ROOT / temp
+    return dataclasses.replace(target, memory_limit=limit.replace(" ", ""), temp_directory=temp_directory)
 
 
 def redacted_url(url: str) -> str:
@@ -158,7 +195,7 @@ class Settings:
             raise SettingsError(f"TIDEMARK_SIM_DAY_SECONDS={pace!r}: give the seconds between simulated days, "
                                 "at least 1 (default 60: one simulated day a minute)")
         return cls(
-            home=home, warehouse=parse_warehouse_url(url), registry_uri=registry, s3_endpoint_url=endpoint,
+            home=home, warehouse=_with_duckdb_settings(parse_warehouse_url(url), env), registry_uri=registry, s3_endpoint_url=endpoint,
             model_spec=env.get("TIDEMARK_MODEL_SPEC", "").strip() or "churn",
             gpu_queue=env.get("TIDEMARK_GPU_QUEUE", "").strip() or "gpu",
             actor=env.get("TIDEMARK_ACTOR", "").strip() or f"cli:{_user(env)}",
@@ -197,7 +234,11 @@ class Settings:
         }
         if wh.kind == "duckdb":
             env["TIDEMARK_DUCKDB_PATH"] = str(wh.path)
+            env["TIDEMARK_DUCKDB_MEMORY_LIMIT"] = wh.memory_limit
+            env["TIDEMARK_DUCKDB_TEMP_DIR"] = str(wh.spill_directory)
         else:
+            # dbt's sessions: libpq reads PGOPTIONS (see POSTGRES_OPTIONS).
+            env["PGOPTIONS"] = POSTGRES_OPTIONS
             env.update(
                 TIDEMARK_PG_HOST=wh.host,
                 TIDEMARK_PG_PORT=str(wh.port),

@@ -79,7 +79,7 @@ class Warehouse:
 
             try:
                 target.path.parent.mkdir(parents=True, exist_ok=True)
-                self._con = duckdb.connect(str(target.path), read_only=read_only)
+                self._con = duckdb.connect(str(target.path), read_only=read_only, config=target.duckdb_config)
             except (duckdb.Error, OSError) as exc:
                 raise WarehouseError(duckdb_problem(target.path, exc)) from exc
         else:

@@ -7,7 +7,7 @@ never run dbt and never look up a connection.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 from cosmos import ProfileConfig
@@ -63,58 +63,50 @@ def warehouse_profile(settings: Settings) -> ProfileConfig:
     return ProfileConfig(profile_name=PROFILE_NAME, target_name=target, profile_mapping=mapping)
 
 
-def source_tests_task(*, dag, task_group, node, task_id: str, task_args: dict, detached_from_parent=None, **_):
-    """Cosmos node converter: run a dbt source's tests as one task (`dbt test --select source:<name>`).
+def source_tests_watcher(*, dag, task_group, node, task_args: dict, **_):
+    """Cosmos node converter (watcher mode): a raw source's tests as one task that reads their result from
+    the producer's `dbt build`, which runs them before any model built on that source.
 
-    Under TestBehavior.BUILD, Cosmos 1.15 renders a source as `dbt source freshness` and never runs
-    its tests (astronomer-cosmos#1825). Tests with several parents are left to their own tasks.
+    Cosmos' own source task would show only `dbt source freshness`. A source without tests gets no task.
     """
-    from cosmos.operators.local import DbtTestLocalOperator
+    from cosmos.operators.watcher import DbtTestWatcherOperator
+
+    class SourceTestsWatcher(DbtTestWatcherOperator):
+        """The aggregated result of one source's tests; run alone (a retry), `dbt test --select source:<name>`."""
+
+        def _fallback_to_non_watcher_run(self, try_number: int, context) -> bool:
+            self.build_and_run_cmd(context, cmd_flags=["--select", f"source:{node.resource_name}"])
+            return True
 
     if not node.has_test:
         return None
-    detached = [test.resource_name.split(".")[0] for test in (detached_from_parent or {}).get(node.unique_id, [])]
-    args = {k: v for k, v in task_args.items() if k not in ("select", "exclude", "emit_datasets")}
-    return DbtTestLocalOperator(
-        task_id=task_id,
+    args = {k: v for k, v in task_args.items() if k not in ("select", "exclude", "selector", "emit_datasets")}
+    return SourceTestsWatcher(
+        task_id=f"{node.name}_source",
         dag=dag,
         task_group=task_group,
-        select=f"source:{node.resource_name}",
-        exclude=" ".join(detached) or None,
-        emit_datasets=False,
+        extra_context={"dbt_node_config": {"unique_id": node.unique_id, "resource_name": node.resource_name}},
         **args,
     )
 
 
-def gate_on_detached_tests(group) -> None:
-    """Make the tasks downstream of a multi-parent test's parents wait for that test.
+def order_watchers_after_producer(group, after) -> None:
+    """Let the watcher tasks read the producer's results once its `dbt build` has ended.
 
-    Cosmos runs a test with several parents (a `relationships` test) in its own task once all its
-    parents are built, but nothing waits for it. Here it also gates its parents' children (except
-    those upstream of the test), so a failing relationship stops the models built on that data,
-    just as a failing single-parent test does under TestBehavior.BUILD.
+    Cosmos starts them beside the producer and lets them wait; under `dag.test()`, which runs one
+    task at a time, one that started first would wait forever. Here the producer comes first, and
+    the tasks that were roots run once it has ended, failed or not (all_done_min_one_success over
+    the producer and `after`), so each shows its own node's result; when `after` fails, none runs.
     """
-    nodes, tasks = group.dbt_graph.filtered_nodes, group.tasks_map
-    for test_id, test in nodes.items():
-        if test.resource_type.value != "test" or test_id not in tasks:
+    from cosmos.constants import PRODUCER_WATCHER_TASK_ID
+
+    producer = group.tasks_map[PRODUCER_WATCHER_TASK_ID]
+    # No task reads source freshness (the sources declare none): no `dbt source freshness` before the build.
+    producer._check_source_freshness = False
+    inside = {task.task_id for task in group.iter_tasks()}
+    for task in list(group.iter_tasks()):
+        if task is producer or task.upstream_task_ids & inside:
             continue
-        parents = set(test.depends_on)
-        upstream = _ancestors(nodes, parents)
-        children = [
-            child_id
-            for child_id, child in nodes.items()
-            if parents.intersection(child.depends_on) and child.resource_type.value != "test"
-        ]
-        for child_id in children:
-            if child_id in tasks and child_id not in upstream:
-                tasks[test_id] >> tasks[child_id]
-
-
-def _ancestors(nodes: Mapping[str, Any], ids: set[str]) -> set[str]:
-    seen, todo = set(), list(ids)
-    while todo:
-        node_id = todo.pop()
-        if node_id not in seen:
-            seen.add(node_id)
-            todo.extend(nodes[node_id].depends_on if node_id in nodes else [])
-    return seen
+        producer >> task
+        after >> task
+        task.trigger_rule = "all_done_min_one_success"

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ml.core.settings import Settings
 
@@ -30,15 +30,17 @@ def run_dbt(
     settings: Settings | None = None,
     vars: dict | None = None,
     capture: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> DbtResult:
     """Run `dbt <args>` in dbt_project/ in a subprocess (so DuckDB's file lock is released on exit).
 
+    `env` adds to (and overrides) the environment derived from the settings.
     With `capture`, output is returned rather than streamed, and the names of failing nodes are
     read from run_results.json.
     """
     settings = settings or Settings.from_env()
     _check_warehouse(args, settings)
-    env = {**os.environ, **settings.dbt_env()}
+    env = {**os.environ, **settings.dbt_env(), **(env or {})}
     cmd = [dbt_executable(), *args]
     if vars:
         cmd += ["--vars", json.dumps(vars)]

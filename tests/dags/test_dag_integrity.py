@@ -51,7 +51,8 @@ def test_every_dag_is_documented_tagged_owned_and_retried(dagbag, dag_id):
     assert dag.start_date.utcoffset().total_seconds() == 0
     for task in dag.tasks:
         assert task.owner == "tidemark", task.task_id
-        assert task.retries >= 1, task.task_id
+        # build_features' one `dbt build` is not repeated: each failed node's own task retries that node
+        assert task.retries >= 1 or task.task_id == "dbt.dbt_producer_watcher", task.task_id
 
 
 def test_parsing_imports_nothing_heavy_touches_no_database_and_is_quick(tmp_path):
@@ -64,7 +65,7 @@ started = time.perf_counter()
 bag = DagBag({str(DAGS_DIR)!r})
 seconds = time.perf_counter() - started
 from cosmos import telemetry
-profile = bag.dags["build_features"].get_task("dbt.stg_simulator__customers_model_build").profile_config
+profile = bag.dags["build_features"].get_task("dbt.dbt_producer_watcher").profile_config
 json.dump({{
     "errors": bag.import_errors,
     "dags": sorted(bag.dag_ids),
@@ -141,38 +142,43 @@ def test_a_warehouse_user_without_a_password_hands_dbt_an_empty_one(monkeypatch)
     assert (mapping.profile["user"], mapping.profile["dbname"]) == ("postgres", "w")
 
 
-def test_build_features_has_one_dbt_build_task_per_model(dagbag, manifest):
+def test_build_features_runs_one_dbt_build_and_shows_each_model_and_its_tests(dagbag, manifest):
+    """One producer task runs `dbt build` of the whole selection with the run's dates, in the warehouse pool;
+    every model has a task for its own result and one for its tests', read from that build."""
     dag = dagbag.dags["build_features"]
-    models = {n["name"] for n in _simulator_nodes(manifest["nodes"]) if n["resource_type"] == "model"}
-    built = {
-        t.task_id.removeprefix("dbt.").removesuffix("_model_build") for t in dag.tasks if t.task_id.endswith("_model_build")
+    producer = dag.get_task("dbt.dbt_producer_watcher")
+    assert producer.base_cmd == ["build"]
+    assert producer.pool == WAREHOUSE_POOL and producer.retries == 0
+    assert producer.vars == {
+        "start_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['start'] }}",
+        "end_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['end'] }}",
     }
-    assert built == models
+    assert producer.env["DBT_SEND_ANONYMOUS_USAGE_STATS"] == "false"
+    assert producer._check_source_freshness is False  # no `dbt source freshness` before the build
+    assert producer.upstream_task_ids == {"resolve_interval"}
+    dbt_processes = [t.task_id for t in dag.tasks if type(t).__name__.startswith("Dbt") and "Watcher" not in type(t).__name__]
+    assert dbt_processes == []  # every other dbt task reads the producer's results
+
+    models = {n["name"] for n in _simulator_nodes(manifest["nodes"]) if n["resource_type"] == "model"}
+    assert {t.task_id.removeprefix("dbt.").removesuffix(".run") for t in dag.tasks if t.task_id.endswith(".run")} == models
     for name in models:
-        task = dag.get_task(f"dbt.{name}_model_build")
-        assert task.base_cmd == ["build"]
-        assert task.pool == WAREHOUSE_POOL
-        assert task.vars == {
-            "start_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['start'] }}",
-            "end_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['end'] }}",
-        }
-        assert task.env["DBT_SEND_ANONYMOUS_USAGE_STATS"] == "false"
-        assert "resolve_interval" in task.get_flat_relative_ids(upstream=True)
+        run, tests = dag.get_task(f"dbt.{name}.run"), dag.get_task(f"dbt.{name}.test")
+        assert (run.model_unique_id, tests.model_unique_id) == (f"model.tidemark.{name}",) * 2
+        assert tests.is_test_sensor and run.task_id in tests.upstream_task_ids
+        assert run.pool == tests.pool == WAREHOUSE_POOL  # a retry runs its node's dbt alone, in the pool
+        assert "dbt.dbt_producer_watcher" in run.get_flat_relative_ids(upstream=True)
 
 
 def test_raw_source_tests_gate_the_staging_models(dagbag, manifest):
     dag = dagbag.dags["build_features"]
     for source in _simulator_nodes(manifest["sources"]):
         task = dag.get_task(f"dbt.{source['source_name']}_{source['name']}_source")
-        assert task.base_cmd == ["test"]
-        assert task.select == f"source:{source['source_name']}.{source['name']}"
-        assert task.pool == WAREHOUSE_POOL
-        staging = f"dbt.stg_{source['source_name']}__{source['name']}_model_build"
+        assert task.is_test_sensor and task.model_unique_id == source["unique_id"]
+        # it reads the build's results once the build has ended, failed or not; not when resolve_interval failed
+        assert task.upstream_task_ids == {"dbt.dbt_producer_watcher", "resolve_interval"}
+        assert task.trigger_rule == "all_done_min_one_success"
+        staging = f"dbt.stg_{source['source_name']}__{source['name']}.run"
         assert staging in task.get_flat_relative_ids(upstream=False)
-    # a test across two sources runs once, in its own task, and also gates the staging models
-    usage = "dbt.stg_simulator__usage_events_model_build"
-    relationship = next(t for t in dag.task_ids if t.startswith("dbt.source_relationships_simulator_usage_events"))
-    assert relationship in dag.get_task(usage).upstream_task_ids
 
 
 def test_build_features_leaves_out_the_public_data_sets(dagbag, manifest):

@@ -130,9 +130,11 @@ def test_a_bad_raw_row_stops_the_build_at_its_source_test_and_publishes_nothing(
 
     states = _states(build)
     assert build.state == "failed"
+    # the one dbt build failed; the source's own task shows why, and nothing built on it ran
+    assert states["dbt.dbt_producer_watcher"] == "failed"
     assert states["dbt.simulator_customers_source"] == "failed"
-    assert states["dbt.stg_simulator__customers_model_build"] == "upstream_failed"
-    assert states["dbt.customer_features_daily_model_build"] == "upstream_failed"
+    assert states["dbt.stg_simulator__customers.run"] == "upstream_failed"
+    assert states["dbt.customer_features_daily.run"] == "upstream_failed"
     assert states["publish_features"] == "upstream_failed"
     assert _feature_rows(airflow_settings, BAD_DAYS) == 0
     assert _asset_events("features", build.run_id) == []
@@ -185,19 +187,19 @@ def test_build_features_on_postgresql_hands_dbt_the_connections_user_and_passwor
     with parsed_dags(settings) as dags:
         ingest = dags["ingest_raw"].test(run_conf={**SIM, **days})
         assert ingest.state == "success", _states(ingest)
-        # The interval, the customers source's tests and its staging model: every dbt task of the DAG is
-        # rendered with the same profile, so two of them show what all of them are given.
+        # The interval, the one dbt build, and the tasks of the customers source's tests and of its staging
+        # model, which read their results from the build.
         subset = dags["build_features"].partial_subset(
-            ["resolve_interval", "dbt.simulator_customers_source", "dbt.stg_simulator__customers_model_build"],
+            ["resolve_interval", "dbt.dbt_producer_watcher", "dbt.simulator_customers_source",
+             "dbt.stg_simulator__customers.run"],
             include_upstream=False)
         build = subset.test(run_conf=days)
 
     states = _states(build)
     assert build.state == "success", {t: s for t, s in states.items() if s != "success"}
-    dbt_tasks = sorted(t for t in subset.task_ids if t.startswith("dbt."))
-    assert dbt_tasks == ["dbt.simulator_customers_source", "dbt.stg_simulator__customers_model_build"]
     role = settings.warehouse.user
-    assert given == [(role, "{{ env_var('COSMOS_CONN_POSTGRES_PASSWORD') }}", password)] * len(dbt_tasks)
+    # one dbt process for the whole build, given the connection's user and password
+    assert given == [(role, "{{ env_var('COSMOS_CONN_POSTGRES_PASSWORD') }}", password)]
     owner = _scalar(settings, "select viewowner from pg_views "
                               "where schemaname = 'staging' and viewname = 'stg_simulator__customers'")
     customers = _scalar(settings, "select count(*) from staging.stg_simulator__customers")

@@ -1,5 +1,6 @@
 """dbt builds the feature and label marts for real, on DuckDB and on PostgreSQL."""
 
+from dataclasses import replace
 from datetime import date, timedelta
 
 from ml.core.warehouse import Warehouse
@@ -76,6 +77,41 @@ def test_a_backfill_of_a_range_reproduces_the_full_build(warehouse_settings, sma
     _build(warehouse_settings, "--select", "customer_features_daily", vars={"start_date": str(lo), "end_date": str(hi)})
     assert _normalize(_rows(warehouse_settings, query)) == _normalize(expected)
     assert len(expected) > 5 * 250
+
+
+def _differences(settings, table: str, where: str) -> tuple[int, int, int]:
+    """(mart rows, mart rows not in `table`, `table` rows not in the mart), duplicates counted."""
+    mart, other = (f"select * from {t} where {where}" for t in (FEATURES, table))
+    with Warehouse.connect(settings) as wh:
+        return (
+            wh.scalar(f"select count(*) from ({mart}) as m"),
+            wh.scalar(f"select count(*) from ({mart} except all {other}) as d"),
+            wh.scalar(f"select count(*) from ({other} except all {mart}) as d"),
+        )
+
+
+def test_the_window_and_join_formulations_give_the_same_rows(warehouse_settings, small_sim):
+    """Range frames over each customer's days (full builds) give, row for row, what joining each date to
+    its 90-day window gives (short runs): over a history longer than the window, with its drift event."""
+    cfg = replace(small_sim, customers=200, days=120)
+    load_days(cfg, _days(cfg, 0, cfg.days - 1), settings=warehouse_settings)
+    _build(warehouse_settings, "--select", "+customer_features_daily", vars={"features_formulation": "join"})
+    with Warehouse.connect(warehouse_settings) as wh:
+        wh.execute(f"create table marts.features_by_join as select * from {FEATURES}")
+    _build(warehouse_settings, "--select", "customer_features_daily", "--full-refresh",
+           vars={"features_formulation": "windows"})
+    rows, extra, missing = _differences(warehouse_settings, "marts.features_by_join", "true")
+    assert (extra, missing) == (0, 0) and rows > 120 * 150
+
+    # auto: a run of a few dates takes the join, a longer one the windows; both replace the same rows
+    for lo, hi in [(100, 101), (90, 119)]:
+        first, last = cfg.start + timedelta(days=lo), cfg.start + timedelta(days=hi)
+        with Warehouse.connect(warehouse_settings) as wh:
+            wh.execute(f"delete from {FEATURES} where as_of_date between '{first}' and '{last}'")
+        _build(warehouse_settings, "--select", "customer_features_daily",
+               vars={"start_date": str(first), "end_date": str(last)})
+        rows, extra, missing = _differences(warehouse_settings, "marts.features_by_join", "true")
+        assert (extra, missing) == (0, 0) and rows > 120 * 150
 
 
 def test_no_feature_for_a_date_changes_when_later_events_are_deleted(warehouse_settings, small_sim):

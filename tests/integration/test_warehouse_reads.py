@@ -65,3 +65,22 @@ def test_the_same_raw_days_hash_the_same_on_both_warehouses(duckdb_settings, pos
     for settings in (duckdb_settings, postgres_settings):
         load_days(small_sim, days, settings=settings)
     assert raw_table_hashes(duckdb_settings) == raw_table_hashes(postgres_settings)
+
+
+def test_dbt_and_ml_open_the_warehouse_with_the_same_session_settings(warehouse_settings):
+    """DuckDB: the memory limit of TIDEMARK_DUCKDB_MEMORY_LIMIT; PostgreSQL: JIT compilation off. Both in
+    ml's connections and in dbt's, which read them through profiles.yml and PGOPTIONS."""
+    from dataclasses import replace
+
+    from ml.features.dbt import run_dbt
+
+    if warehouse_settings.warehouse.kind == "duckdb":
+        settings = replace(warehouse_settings, warehouse=replace(warehouse_settings.warehouse, memory_limit="512MB"))
+        query, expected = "select current_setting('memory_limit')", "488.2 MiB"  # DuckDB shows 512 MB in MiB
+    else:
+        settings, query, expected = warehouse_settings, "select current_setting('jit')", "off"
+    with Warehouse.connect(settings) as wh:
+        assert wh.scalar(query) == expected
+    result = run_dbt(["show", "--inline", f"{query} as value", "--output", "json"], settings=settings, capture=True)
+    assert result.success, result.output[-3000:]
+    assert f'"value": "{expected}"' in result.output

@@ -94,3 +94,25 @@ def test_airflow_env_defines_the_warehouse_connection_that_airflow_reads(monkeyp
     assert (conn.conn_type, conn.host, conn.port, conn.login, conn.password, conn.schema) == (
         "postgres", "db.example", 6543, "ana", "p@ss:w/rd", "sales",
     )
+
+
+def test_duckdb_memory_and_spill_settings_reach_dbt_and_default_to_duckdbs_own():
+    default = Settings.from_env({})
+    assert default.warehouse.duckdb_config == {
+        "memory_limit": "80%", "temp_directory": str(REPO_ROOT / "var" / "warehouse.duckdb.tmp")}
+    capped = Settings.from_env({"TIDEMARK_DUCKDB_MEMORY_LIMIT": "6GB", "TIDEMARK_DUCKDB_TEMP_DIR": "/scratch/spill"})
+    assert capped.warehouse.duckdb_config == {"memory_limit": "6GB", "temp_directory": "/scratch/spill"}
+    env = capped.dbt_env()
+    assert (env["TIDEMARK_DUCKDB_MEMORY_LIMIT"], env["TIDEMARK_DUCKDB_TEMP_DIR"]) == ("6GB", "/scratch/spill")
+
+
+@pytest.mark.parametrize("value", ["lots", "6", "-1GB", "6 parsecs"])
+def test_a_memory_limit_that_is_not_a_size_names_the_variable_and_examples(value):
+    with pytest.raises(SettingsError, match=r"TIDEMARK_DUCKDB_MEMORY_LIMIT=.*e\.g\. 6GB, 512MB or 80%"):
+        Settings.from_env({"TIDEMARK_DUCKDB_MEMORY_LIMIT": value})
+
+
+def test_postgresql_sessions_of_dbt_and_ml_run_without_jit():
+    s = Settings.from_env({"TIDEMARK_WAREHOUSE_URL": "postgresql://ana@db.example:5432/sales"})
+    assert "options='-c jit=off'" in s.warehouse.dsn()
+    assert s.dbt_env()["PGOPTIONS"] == "-c jit=off"
