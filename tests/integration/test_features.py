@@ -263,3 +263,23 @@ def test_an_empty_or_thin_day_fails_the_volume_test_and_publishes_nothing(wareho
                        {"landed_date": thin, "row_count": kept, "loaded_through": thin}]
     assert 0 < kept < 50
     assert _rows(warehouse_settings, f"select max(as_of_date) as d from {FEATURES}")[0]["d"] == first
+
+
+def test_dbt_in_process_names_the_failing_node_and_releases_the_warehouse(duckdb_settings):
+    """invoke_dbt (the scores mart's build inside score_batch) reports what failed, like a dbt process, and
+    leaves the DuckDB file free for another process to write once the command ends."""
+    import subprocess
+    import sys
+
+    from ml.features.dbt import invoke_dbt
+
+    with Warehouse.connect(duckdb_settings):
+        pass  # the file exists; no raw table does
+    result = invoke_dbt(["build", "--select", "stg_simulator__customers"], settings=duckdb_settings)
+    assert not result.success
+    assert result.failures == ["model.tidemark.stg_simulator__customers"]
+    assert "raw" in result.output and "customers" in result.output
+    writer = "import duckdb, sys; duckdb.connect(sys.argv[1]).execute('create table marker as select 1 as x')"
+    other = subprocess.run([sys.executable, "-c", writer, str(duckdb_settings.warehouse.path)], capture_output=True,
+                           text=True)
+    assert other.returncode == 0, other.stderr

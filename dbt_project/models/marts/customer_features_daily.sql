@@ -103,9 +103,31 @@ cutoffs as (
         and current_plan.as_of_date = active_customers.as_of_date
 ),
 
+{#- Every event the windows of [lo, hi] reach: the 89 days before lo, then lo..hi. -#}
+usage_in_reach as (
+    select usage_events.*
+    from usage_events
+    cross join bounds
+    where usage_events.usage_date > bounds.lo - 90 and usage_events.usage_date <= bounds.hi
+),
+
+payments_in_reach as (
+    select payments.*
+    from payments
+    cross join bounds
+    where payments.attempted_date > bounds.lo - 90 and payments.attempted_date <= bounds.hi
+),
+
+tickets_in_reach as (
+    select support_tickets.*
+    from support_tickets
+    cross join bounds
+    where support_tickets.opened_date > bounds.lo - 90 and support_tickets.opened_date <= bounds.hi
+),
+
 {% if formulation == 'windows' %}
 
-{#- The windows formulation. Every event the windows of [lo, hi] reach (the 89 days before lo, then lo..hi), one row each. -#}
+{#- The windows formulation: the cutoffs and the events in reach, one row each. -#}
 events as (
     select
         usage_events.customer_id,
@@ -123,9 +145,7 @@ events as (
         0.0 as amount_paid,
         0 as tickets,
         0 as billing_tickets
-    from usage_events
-    cross join bounds
-    where usage_events.usage_date > bounds.lo - 90 and usage_events.usage_date <= bounds.hi
+    from usage_in_reach as usage_events
     union all
     select
         payments.customer_id,
@@ -135,9 +155,7 @@ events as (
         case when payments.payment_status = 'succeeded' then payments.amount else 0 end,
         0,
         0
-    from payments
-    cross join bounds
-    where payments.attempted_date > bounds.lo - 90 and payments.attempted_date <= bounds.hi
+    from payments_in_reach as payments
     union all
     select
         support_tickets.customer_id,
@@ -145,9 +163,7 @@ events as (
         0, null, null, null, null, null, 0, 0.0, 0, 0, 0.0,
         1,
         case when support_tickets.ticket_category = 'billing' then 1 else 0 end
-    from support_tickets
-    cross join bounds
-    where support_tickets.opened_date > bounds.lo - 90 and support_tickets.opened_date <= bounds.hi
+    from tickets_in_reach as support_tickets
 ),
 
 customer_days as (
@@ -228,7 +244,7 @@ usage_windows as (
         sum(case when usage_events.usage_date > cutoffs.activity_date - 30 then 1 else 0 end) as active_days_30d,
         max(usage_events.usage_date) as last_usage_date
     from cutoffs
-    inner join usage_events
+    inner join usage_in_reach as usage_events
         on usage_events.customer_id = cutoffs.customer_id
         and usage_events.usage_date <= cutoffs.activity_date
         and usage_events.usage_date > cutoffs.activity_date - 90
@@ -243,7 +259,7 @@ payment_windows as (
         sum(case when payments.payment_status = 'failed' then 1 else 0 end) as failed_payments_90d,
         sum(case when payments.payment_status = 'succeeded' then payments.amount else 0 end) as amount_paid_90d
     from cutoffs
-    inner join payments
+    inner join payments_in_reach as payments
         on payments.customer_id = cutoffs.customer_id
         and payments.attempted_date <= cutoffs.activity_date
         and payments.attempted_date > cutoffs.activity_date - 90
@@ -258,7 +274,7 @@ ticket_windows as (
         count(*) as tickets_90d,
         sum(case when support_tickets.ticket_category = 'billing' then 1 else 0 end) as billing_tickets_90d
     from cutoffs
-    inner join support_tickets
+    inner join tickets_in_reach as support_tickets
         on support_tickets.customer_id = cutoffs.customer_id
         and support_tickets.opened_date <= cutoffs.activity_date
         and support_tickets.opened_date > cutoffs.activity_date - 90
