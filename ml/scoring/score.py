@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 PREDICTIONS_TABLE = predictions.fullname
 PREDICTIONS_SCHEMA = arrow_schema(predictions)
 # Columns with one value per batch: dictionary-encoded in the shard files. Trying a dictionary on the
-# others (one id and one score per row) would only cost time.
+# others (one id and one score per row) would only cost time, and so would column statistics: publishing
+# reads each file whole.
 _REPEATED = ["as_of_date", "model_name", "model_version", "threshold", "scored_at"]
 
 
@@ -130,7 +131,8 @@ def _write_scores(batches, path: Path, model, spec: ModelSpec, day: date, consta
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     rows = 0
     try:
-        with pq.ParquetWriter(tmp, PREDICTIONS_SCHEMA, compression="lz4", use_dictionary=_REPEATED) as writer:
+        with pq.ParquetWriter(tmp, PREDICTIONS_SCHEMA, compression="lz4", use_dictionary=_REPEATED,
+                              write_statistics=False) as writer:
             for batch in batches:
                 if batch.num_rows:
                     writer.write_batch(_prediction_batch(batch, model, spec, day, constants))
@@ -277,10 +279,11 @@ def score_days(
 
 
 def build_scores_mart(settings: Settings) -> None:
-    """`dbt build --select tag:scores`: the marts read from ml.predictions, with their tests."""
-    from ml.features.dbt import run_dbt
+    """`dbt build --select tag:scores`: the marts read from ml.predictions, with their tests, in this process
+    (a dbt process would spend more time starting than building)."""
+    from ml.features.dbt import invoke_dbt
 
-    result = run_dbt(["build", "--select", "tag:scores"], settings=settings, capture=True)
+    result = invoke_dbt(["build", "--select", "tag:scores"], settings=settings)
     if not result.success:
         raise ScoringError(f"dbt build --select tag:scores failed (failing nodes: {result.failures or 'see output'}):\n"
                            + result.output[-3000:])
