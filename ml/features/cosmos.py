@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 from cosmos import ProfileConfig
+from cosmos.operators.watcher import DbtTestWatcherOperator
 from cosmos.profiles import PostgresUserPasswordProfileMapping
 
 from ml.core.errors import TidemarkError
@@ -63,21 +64,22 @@ def warehouse_profile(settings: Settings) -> ProfileConfig:
     return ProfileConfig(profile_name=PROFILE_NAME, target_name=target, profile_mapping=mapping)
 
 
+class SourceTestsWatcher(DbtTestWatcherOperator):
+    """The aggregated result of one raw source's tests, read from the producer's `dbt build`; run alone (a
+    retry, or a build that never reached them), `dbt test --select source:<source>.<table>`."""
+
+    def _fallback_to_non_watcher_run(self, try_number: int, context) -> bool:
+        source = self.model_unique_id.split(".", 2)[2]  # source.<project>.<source>.<table>
+        self.build_and_run_cmd(context, cmd_flags=["--select", f"source:{source}"])
+        return True
+
+
 def source_tests_watcher(*, dag, task_group, node, task_args: dict, **_):
     """Cosmos node converter (watcher mode): a raw source's tests as one task that reads their result from
     the producer's `dbt build`, which runs them before any model built on that source.
 
     Cosmos' own source task would show only `dbt source freshness`. A source without tests gets no task.
     """
-    from cosmos.operators.watcher import DbtTestWatcherOperator
-
-    class SourceTestsWatcher(DbtTestWatcherOperator):
-        """The aggregated result of one source's tests; run alone (a retry), `dbt test --select source:<name>`."""
-
-        def _fallback_to_non_watcher_run(self, try_number: int, context) -> bool:
-            self.build_and_run_cmd(context, cmd_flags=["--select", f"source:{node.resource_name}"])
-            return True
-
     if not node.has_test:
         return None
     args = {k: v for k, v in task_args.items() if k not in ("select", "exclude", "selector", "emit_datasets")}
