@@ -27,7 +27,7 @@ PIPELINE_SCHEMAS = ("raw", "staging", "intermediate", "marts", "ml")
 # DuckDB's own default memory limit; TIDEMARK_DUCKDB_MEMORY_LIMIT replaces it.
 DUCKDB_DEFAULT_MEMORY_LIMIT = "80%"
 # libpq options of every PostgreSQL session that dbt and ml/ open: JIT compilation costs more than it
-# saves on the pipeline's queries (bench/bench_features.py --pg-jit on measures it).
+# saves on the pipeline's queries (bench/bench_features.py --warehouse postgres measures both).
 POSTGRES_OPTIONS = "-c jit=off"
 _MEMORY_LIMIT = re.compile(r"^\s*\d+(\.\d+)?\s*(%|[KMGT]i?B)\s*$", re.IGNORECASE)
 
