@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import console, fmt_ratio, print_table, ratio, scratch_settings, write_result  # noqa: E402
-from bench.bench_scoring import DAY, FEATURES, _synthesize  # noqa: E402
+from bench.bench_scoring import DAY, FEATURES, _synthesize, synthetic_label  # noqa: E402
 
 NAME = "bench_gpu"
 WARM_UP_BATCHES = 4
@@ -43,8 +43,6 @@ WARM_UP_BATCHES = 4
 def _synthetic_rows(spec, rows: int, test_rows: int) -> tuple:
     """Training and test frames of the feature schema with the synthetic label, from a scratch warehouse;
     also the test rows' true probability of the label."""
-    import numpy as np
-
     from ml.core.spec import dbt_relation, feature_schema
     from ml.core.warehouse import Warehouse
     from ml.training.data import to_frame
@@ -57,13 +55,7 @@ def _synthetic_rows(spec, rows: int, test_rows: int) -> tuple:
             table = wh.read_arrow(f"select * from {FEATURES} order by {spec.entity_key}")
     X = to_frame(table, schema)
     del table
-    rng = np.random.default_rng(spec.seed)
-    z = lambda col: (X[col] - X[col].mean()) / X[col].std()  # noqa: E731
-    logit = (-2.2 + 0.9 * z("days_since_last_activity") - 0.7 * z("sessions_30d") + 0.6 * z("failed_payments_90d")
-             + 0.5 * (X["plan_code"] == "premium") - 0.4 * z("tenure_days")
-             + 0.3 * z("tickets_30d") * z("monthly_price"))
-    p = 1 / (1 + np.exp(-logit))
-    y = (rng.random(len(X)) < p).astype(int)
+    y, p = synthetic_label(X, spec.seed)
     return schema, X[:rows], y[:rows], X[rows:].reset_index(drop=True), y[rows:], p[rows:].to_numpy()
 
 

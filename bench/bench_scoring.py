@@ -93,10 +93,22 @@ def _synthesize(settings: Settings, spec, relation, day: date, rows: int, offset
             wh.execute(f"create table {FEATURES} as {select}")
 
 
-def _train_champion(settings: Settings, spec, schema, train_rows: int) -> dict:
-    """Fit the spec's LightGBM candidate on a sample with a synthetic label; publish and promote it."""
+def synthetic_label(X, seed: int):
+    """A churn label for synthetic feature rows: a logistic function of a few features plus noise. Returns
+    (labels, the true probability of each)."""
     import numpy as np
 
+    rng = np.random.default_rng(seed)
+    z = lambda col: (X[col] - X[col].mean()) / X[col].std()  # noqa: E731
+    logit = (-2.2 + 0.9 * z("days_since_last_activity") - 0.7 * z("sessions_30d") + 0.6 * z("failed_payments_90d")
+             + 0.5 * (X["plan_code"] == "premium") - 0.4 * z("tenure_days")
+             + 0.3 * z("tickets_30d") * z("monthly_price"))
+    p = 1 / (1 + np.exp(-logit))
+    return (rng.random(len(X)) < p).astype(int), p
+
+
+def _train_champion(settings: Settings, spec, schema, train_rows: int) -> dict:
+    """Fit the spec's LightGBM candidate on a sample with a synthetic label; publish and promote it."""
     from ml.core.warehouse import Warehouse
     from ml.registry import Registry
     from ml.training.candidates import build_candidate
@@ -107,12 +119,7 @@ def _train_champion(settings: Settings, spec, schema, train_rows: int) -> dict:
         table = wh.read_arrow(f"select * from {FEATURES} where {spec.time_column} = date '{DAY}' "
                               f"order by {spec.entity_key} limit {train_rows}")
     X = to_frame(table, schema)
-    rng = np.random.default_rng(spec.seed)
-    z = lambda col: (X[col] - X[col].mean()) / X[col].std()  # noqa: E731
-    logit = (-2.2 + 0.9 * z("days_since_last_activity") - 0.7 * z("sessions_30d") + 0.6 * z("failed_payments_90d")
-             + 0.5 * (X["plan_code"] == "premium") - 0.4 * z("tenure_days")
-             + 0.3 * z("tickets_30d") * z("monthly_price"))
-    y = (rng.random(len(X)) < 1 / (1 + np.exp(-logit))).astype(int)
+    y, _ = synthetic_label(X, spec.seed)
     cut = int(len(X) * 0.8)
     cand = spec.candidate("lightgbm")
     started = time.perf_counter()
