@@ -74,20 +74,7 @@ active_customers as (
         and (customers.cancel_date is null or customers.cancel_date > as_of_dates.as_of_date)
 ),
 
-current_plan as (
-    select
-        active_customers.as_of_date,
-        active_customers.customer_id,
-        subscriptions.plan_code,
-        subscriptions.monthly_price
-    from active_customers
-    inner join subscriptions
-        on subscriptions.customer_id = active_customers.customer_id
-        and subscriptions.valid_from < active_customers.as_of_date + 1
-        and (subscriptions.valid_to is null or subscriptions.valid_to >= active_customers.as_of_date + 1)
-),
-
-{#- The cutoffs to compute: one row per active customer per as_of_date, with what it is at that date. -#}
+{#- The cutoffs to compute: one row per active customer per as_of_date, with the plan in force then. -#}
 cutoffs as (
     select
         active_customers.customer_id,
@@ -95,12 +82,13 @@ cutoffs as (
         active_customers.signup_date,
         active_customers.region,
         active_customers.acquisition_channel,
-        current_plan.plan_code,
-        current_plan.monthly_price
+        subscriptions.plan_code,
+        subscriptions.monthly_price
     from active_customers
-    inner join current_plan
-        on current_plan.customer_id = active_customers.customer_id
-        and current_plan.as_of_date = active_customers.as_of_date
+    inner join subscriptions
+        on subscriptions.customer_id = active_customers.customer_id
+        and subscriptions.valid_from < active_customers.as_of_date + 1
+        and (subscriptions.valid_to is null or subscriptions.valid_to >= active_customers.as_of_date + 1)
 ),
 
 {#- Every event the windows of [lo, hi] reach: the 89 days before lo, then lo..hi. -#}
