@@ -60,9 +60,9 @@ def run_dbt(
 def invoke_dbt(args: Sequence[str], *, settings: Settings | None = None) -> DbtResult:
     """Run `dbt <args>` in this process (dbt's programmatic runner), for a short build inside a task.
 
-    It spares the few seconds a new dbt process takes to start. dbt closes its warehouse connections
+    It spares the few seconds a new dbt process takes to start. The warehouse connections are closed
     when the command ends, so DuckDB's file lock is released as with run_dbt. The output holds dbt's
-    warnings and errors; the failing nodes come from the command's results.
+    warnings and errors; the failing nodes come from run_results.json, as with run_dbt.
     """
     from dbt.cli.main import dbtRunner
 
@@ -84,8 +84,7 @@ def invoke_dbt(args: Sequence[str], *, settings: Settings | None = None) -> DbtR
             from dbt.adapters.factory import cleanup_connections
 
             cleanup_connections()
-    results = getattr(outcome.result, "results", None) or []
-    failures = [r.node.unique_id for r in results if str(r.status) in ("error", "fail", "runtime error")]
+    failures = [] if outcome.success else _failed_nodes(_target_path(args, settings.dbt_project_dir) / "run_results.json")
     if outcome.exception is not None:
         lines.append(f"{type(outcome.exception).__name__}: {outcome.exception}")
     return DbtResult(outcome.success, 0 if outcome.success else 1, "\n".join(lines), failures)
