@@ -77,7 +77,6 @@ class _Dbt:
 
     def __init__(self, settings: Settings, duckdb_settings: dict[str, str]):
         self.settings = settings
-        self.env: dict[str, str] = {}
         self.target = settings.home / "dbt_target"
         self.flags = ["--target-path", str(self.target), "--log-path", str(settings.home / "dbt_logs")]
         if duckdb_settings and settings.warehouse.kind == "duckdb":
@@ -95,7 +94,8 @@ class _Dbt:
         return folder
 
     def __call__(
-        self, args: list[str], vars: dict | None = None, timeout_s: float | None = None, allow_failure: bool = False
+        self, args: list[str], vars: dict | None = None, timeout_s: float | None = None, allow_failure: bool = False,
+        env: dict[str, str] | None = None,
     ) -> dict:
         from ml.features.dbt import run_dbt
 
@@ -111,7 +111,7 @@ class _Dbt:
             if watchdog:
                 watchdog.start()
             try:
-                result = run_dbt([*args, *self.flags], settings=self.settings, vars=vars, capture=True, env=self.env)
+                result = run_dbt([*args, *self.flags], settings=self.settings, vars=vars, capture=True, env=env)
             finally:
                 if watchdog:
                     watchdog.cancel()
@@ -249,11 +249,10 @@ def run(
         jit_on = []
         if warehouse == "postgres":
             # The same daily run with PostgreSQL's JIT compilation back on (the pipeline turns it off).
-            dbt.env = {"PGOPTIONS": "-c jit=on"}
             for i in range(repeats):
                 console.print(f"  daily run with JIT on {i + 1}/{repeats} ...")
-                jit_on.append(dbt(["run", "--select", "customer_features_daily"], vars=daily_vars))
-            dbt.env = {}
+                jit_on.append(dbt(["run", "--select", "customer_features_daily"], vars=daily_vars,
+                                  env={"PGOPTIONS": "-c jit=on"}))
         peer = None
         if per_day_peer and not full["stopped"]:
             console.print(f"  the join formulation, one as_of_date per query, {cfg.days} dates ...")
