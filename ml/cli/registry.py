@@ -20,10 +20,20 @@ def _registry():
     return Registry.from_settings(Settings.from_env())
 
 
+def _first_failure(decided: dict) -> str | None:
+    """The first check a decision failed, or what stopped it (a superseded promotion, an unreadable record)."""
+    reasons = decided["reasons"]
+    failed = next((r.removeprefix("FAIL: ") for r in reasons if r.startswith("FAIL")), None)
+    if failed is None and decided["decision"] in ("superseded", "unreadable") and reasons:
+        failed = reasons[-1]
+    return failed
+
+
 @app.command("list")
 def registry_list(model: Optional[str] = typer.Argument(None, help="Model name; all models when left out.")) -> None:
-    """Versions with their primary metric and state, and where the aliases point; exit code 1 when a champion
-    is damaged."""
+    """Versions with their primary metric and state, where the aliases point, and the gate's decision on each
+    with its first failing reason; exit code 1 when a champion is damaged."""
+    from ml.registry.promotion import decisions
     from ml.registry.repair import scan
 
     reg = _registry()
@@ -33,7 +43,10 @@ def registry_list(model: Optional[str] = typer.Argument(None, help="Model name; 
         table = Table(title=f"{name} in {reg.uri}")
         for col in ("version", "created", "candidate", "as of", "roc_auc", "aliases", "state"):
             table.add_column(col)
-        problems, healths = {}, scan(reg, name)
+        gate = Table(title=f"gate decisions of {name}")
+        for col in ("version", "decision", "first failing reason"):
+            gate.add_column(col)
+        problems, healths, decided = {}, scan(reg, name), decisions(reg, name)
         for health in healths:
             if health.state == "unpublished":
                 continue
@@ -42,9 +55,17 @@ def registry_list(model: Optional[str] = typer.Argument(None, help="Model name; 
             auc = m.get("metrics", {}).get("roc_auc")
             table.add_row(health.version, m.get("created_at", "")[:19], m.get("candidate", ""),
                           str(m.get("as_of", "")), "" if auc is None else f"{auc:.4f}", tags, health.state)
+            verdict = decided.get(health.version)
+            if verdict is None:
+                gate.add_row(health.version, "none recorded", "")
+            else:
+                unfinished = "" if verdict["completed"] else " (unfinished: run `registry repair`)"
+                gate.add_row(health.version, f"{verdict['decision']}{unfinished}", _first_failure(verdict) or "")
             if health.problem:
                 problems[health.version] = health.problem
         console.print(table)
+        if gate.rows:
+            console.print(gate)
         for version, problem in problems.items():
             console.print(f"{name} {version} damaged: {problem}", soft_wrap=True)
         champion = states["champion"]

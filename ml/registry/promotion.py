@@ -90,8 +90,8 @@ def finish(registry: Registry, model: str, version: str, write_row: RowWriter) -
             outcome = _outcome(decision, "superseded", state.version, extra=moved)
         break
     else:
-        raise ConflictError(f"the {ALIAS} alias of {model!r} kept changing while {version} was being promoted; "
-                            f"run `python -m ml registry repair {model}` again")
+        raise ConflictError(f"the {ALIAS} alias of {model!r} in registry {registry.uri} kept changing while "
+                            f"{version} was being promoted; run `python -m ml registry repair {model}` again")
     write_row({**intent["row"], "decision": outcome["decision"], "reasons": outcome["reasons"]})
     return _complete(registry, model, version, outcome)
 
@@ -108,6 +108,22 @@ def _complete(registry: Registry, model: str, version: str, outcome: dict) -> di
     except ConflictError:  # a concurrent finisher completed it first: its record stands
         return registry.record(model, COMPLETIONS, version)
     return outcome
+
+
+def decisions(registry: Registry, model: str) -> dict[str, dict]:
+    """The gate's decision and reasons per decided version: the completion's outcome where the promotion finished
+    (`superseded` among them), else the decision with `completed` false; a record that cannot be read is
+    `unreadable`, its reason the damage."""
+    done = set(registry.record_names(model, COMPLETIONS))
+    found = {}
+    for version in registry.record_names(model, DECISIONS):
+        try:
+            record = registry.record(model, COMPLETIONS if version in done else DECISIONS, version)
+        except RegistryError as exc:
+            record = {"decision": "unreadable", "reasons": [str(exc)]}
+        found[version] = {"decision": record.get("decision"), "reasons": list(record.get("reasons") or []),
+                          "completed": version in done}
+    return found
 
 
 def unfinished(registry: Registry, model: str) -> list[str]:

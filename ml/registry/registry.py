@@ -161,7 +161,8 @@ class Registry:
                 return f"v{number:04d}"
             except ConflictError:
                 continue
-        raise RegistryError(f"could not claim a version number for {model!r} after 1000 attempts")
+        raise RegistryError(f"could not claim a version number for {model!r} in registry {self.uri} after 1000 "
+                            "attempts")
 
     def versions(self, model: str) -> list[VersionInfo]:
         """Published versions (those with a manifest), oldest first."""
@@ -191,7 +192,8 @@ class Registry:
             raise self._missing(model, version) from None
         if self.verify_key is not None:
             signature = self.store.get_with_etag(f"{model}/versions/{version}/{signing.SIGNATURE}")
-            signing.verify(self.verify_key, body, signature and signature[0], f"{model} {version}")
+            signing.verify(self.verify_key, body, signature and signature[0], f"{model} {version}",
+                           self.store.uri_for(f"{model}/versions/{version}"))
         hint = (f"version {version} is unusable; if it is the champion, move the champion with `python -m ml "
                 f"registry promote {model} <version> --reason ...` or `python -m ml registry rollback {model}`")
         return VersionInfo(model, version, load_json(body, self.store.uri_for(key), hint))
@@ -200,7 +202,8 @@ class Registry:
         known = self.version_ids(model)
         left = [k for k in self.store.list(f"{model}/versions/{version}/") if not k.endswith("/.claim")]
         damage = f"; {version} has {len(left)} artifact(s) but no {MANIFEST} (a publish that stopped)" if left else ""
-        return NotFound(f"model {model!r} has no published version {version!r} (published: {known or 'none'}){damage}")
+        return NotFound(f"model {model!r} has no published version {version!r} (published: {known or 'none'}) "
+                        f"in registry {self.uri}{damage}")
 
     def download(self, model: str, version: str, dest: Path) -> Path:
         """Fetch and verify every artifact of a version into `dest` (plus its manifest); all or nothing.
@@ -208,6 +211,7 @@ class Registry:
         An earlier download at `dest` (a folder with a manifest.json) is replaced once the new one verifies.
         """
         info = self.get(model, version)
+        where = f"{model} {version} in registry {self.uri}"
         dest = Path(dest)
         replace = dest.is_dir() and (dest / MANIFEST).is_file()
         if dest.exists() and not replace and (not dest.is_dir() or any(dest.iterdir())):
@@ -220,14 +224,13 @@ class Registry:
                 try:
                     data = self.store.get(f"{model}/versions/{version}/{name}")
                 except NotFound:
-                    raise IntegrityError(f"{model} {version}: artifact {name!r} is in the manifest but missing") \
-                        from None
+                    raise IntegrityError(f"{where}: artifact {name!r} is in the manifest but missing") from None
                 if len(data) != expected["size"]:
-                    raise IntegrityError(f"{model} {version}: artifact {name!r} has {len(data)} bytes, "
+                    raise IntegrityError(f"{where}: artifact {name!r} has {len(data)} bytes, "
                                          f"manifest says {expected['size']} (truncated or altered)")
                 digest = hashlib.sha256(data).hexdigest()
                 if digest != expected["sha256"]:
-                    raise IntegrityError(f"{model} {version}: artifact {name!r} has sha256 {digest}, "
+                    raise IntegrityError(f"{where}: artifact {name!r} has sha256 {digest}, "
                                          f"manifest says {expected['sha256']} (altered)")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
@@ -293,7 +296,8 @@ class Registry:
             etag = self.store.put_if_match(key, _dumps(doc), expected.etag)
         except ConflictError:
             raise ConflictError(f"alias {alias!r} of {model!r} changed since it was read (then at "
-                                f"{expected.version or 'unset'}); re-read it and decide again") from None
+                                f"{expected.version or 'unset'}) in registry {self.uri}; re-read it and decide "
+                                "again") from None
         return AliasState(model, alias, version, etag, history)
 
     def promote(self, model: str, version: str, *, actor: str, reason: str, alias: str = "champion",
@@ -312,8 +316,8 @@ class Registry:
             elif not stack or stack[-1] != entry["to"]:
                 stack.append(entry["to"])
         if len(stack) < 2:
-            raise RegistryError(f"cannot roll back {alias!r} of {model!r}: no earlier version in its history "
-                                f"(now {state.version or 'unset'})")
+            raise RegistryError(f"cannot roll back {alias!r} of {model!r} in registry {self.uri}: no earlier version "
+                                f"in its history (now {state.version or 'unset'})")
         return self.set_alias(model, alias, stack[-2], expected=state, actor=actor, reason=reason, action="rollback")
 
     def _alias_key(self, model: str, alias: str) -> str:

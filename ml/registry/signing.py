@@ -64,18 +64,19 @@ def sign(key, manifest: bytes) -> bytes:
     return key.sign(manifest)
 
 
-def verify(key, manifest: bytes, signature: bytes | None, what: str) -> None:
-    """IntegrityError naming `what` unless `signature` is a valid signature of `manifest` under `key`."""
+def verify(key, manifest: bytes, signature: bytes | None, what: str, where: str) -> None:
+    """IntegrityError naming `what` and `where` it is stored unless `signature` is a valid signature of `manifest`
+    under `key`."""
     from cryptography.exceptions import InvalidSignature
 
     if signature is None:
-        raise IntegrityError(f"{what} has no {SIGNATURE}: it was published without the signing key or the "
-                             "signature was removed; refusing it because TIDEMARK_VERIFY_KEY is set")
+        raise IntegrityError(f"{what} has no {SIGNATURE} in {where}: it was published without the signing key or "
+                             "the signature was removed; refusing it because TIDEMARK_VERIFY_KEY is set")
     try:
         key.verify(signature, manifest)
     except InvalidSignature:
-        raise IntegrityError(f"{what}: the signature in {SIGNATURE} does not match manifest.json (the manifest "
-                             "was altered, or signed with another key); refusing it") from None
+        raise IntegrityError(f"{what}: the signature in {SIGNATURE} does not match manifest.json in {where} (the "
+                             "manifest was altered, or signed with another key); refusing it") from None
 
 
 def generate_keypair(directory: Path) -> tuple[Path, Path]:

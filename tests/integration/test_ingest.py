@@ -73,3 +73,54 @@ def test_simulate_cli_refuses_a_bad_date_clearly(tmp_path):
 def test_loading_a_day_outside_the_simulation_is_refused(duckdb_settings, small_sim):
     with pytest.raises(ValueError, match="outside the simulated range"):
         load_days(small_sim, {small_sim.end + timedelta(days=1)}, settings=duckdb_settings)
+
+
+# -- load-csv: the delimiter is detected, reported and can be named ---------------------------------
+def _load_csv_cli(tmp_path, monkeypatch, *args: str):
+    """`python -m ml load-csv ARGS` in this process, against a DuckDB warehouse in `tmp_path`."""
+    from typer.testing import CliRunner
+
+    from ml.cli import app
+
+    monkeypatch.setenv("TIDEMARK_HOME", str(tmp_path))
+    monkeypatch.setenv("TIDEMARK_WAREHOUSE_URL", f"duckdb:///{tmp_path / 'warehouse.duckdb'}")
+    monkeypatch.setenv("COLUMNS", "200")
+    return CliRunner().invoke(app, ["load-csv", *args])
+
+
+def test_load_csv_splits_a_whitespace_separated_file_into_its_columns(tmp_path, monkeypatch):
+    from ml.core.settings import Settings
+
+    path = tmp_path / "usage.txt"
+    lines = ["customerID    minutes  plan"] + [f"C-{i:05d}  {i * 7 % 613:>7}  {'pro' if i % 3 else 'basic'}"
+                                                  for i in range(1, 2501)]
+    path.write_text("\n".join(lines) + "\n")
+    result = _load_csv_cli(tmp_path, monkeypatch, str(path), "usage")
+    assert result.exit_code == 0, result.output
+    assert "2,500 rows loaded into raw.usage" in result.output
+    assert "3 columns split on whitespace (detected): customer_id, minutes, plan" in result.output
+    with Warehouse.connect(Settings.from_env(), read_only=True) as wh:
+        rows = wh.read_arrow("select * from raw.usage order by source_row").to_pylist()
+    assert len(rows) == 2500
+    assert rows[0] == {"customer_id": "C-00001", "minutes": "7", "plan": "pro", "source_row": 1}
+    assert rows[-1] == {"customer_id": "C-02500", "minutes": str(2500 * 7 % 613), "plan": "pro", "source_row": 2500}
+
+
+def test_load_csv_refuses_one_column_with_separators_in_its_header_and_keeps_the_table(tmp_path, monkeypatch):
+    from ml.core.settings import Settings
+
+    good = tmp_path / "good.csv"
+    good.write_text("a;b\n1;2\n")
+    assert _load_csv_cli(tmp_path, monkeypatch, str(good), "rows").exit_code == 0
+    fixed = tmp_path / "fixed.txt"
+    fixed.write_text("id  name  score\n1   Ann   0.5\n2         0.7\n")
+    result = _load_csv_cli(tmp_path, monkeypatch, str(fixed), "rows")
+    assert result.exit_code == 2 and result.exception is not None and isinstance(result.exception, SystemExit)
+    assert "Traceback" not in result.output
+    assert result.output.startswith(f"error: CSV file {fixed} splits into one column, named 'id  name  score'")
+    assert "--delimiter" in result.output
+    with Warehouse.connect(Settings.from_env(), read_only=True) as wh:
+        assert wh.read_arrow("select a, b from raw.rows").to_pylist() == [{"a": "1", "b": "2"}]
+    named = _load_csv_cli(tmp_path, monkeypatch, str(good), "rows", "--delimiter", "comma")
+    assert named.exit_code == 0, named.output
+    assert "1 column split on comma (given): a_b" in named.output

@@ -298,3 +298,26 @@ def test_racing_finishers_of_one_half_done_promotion_move_the_alias_once(backend
     history = registry.alias(MODEL).history
     assert [(h["from"], h["to"], h["ref"]) for h in history] == [(None, "v0001", "decisions/v0001")]
     assert promotion.unfinished(registry, MODEL) == [] and len(registry.records(MODEL, "completions")) == 1
+
+
+def test_errors_name_the_registry_they_looked_in(backend, tmp_path):
+    registry = backend.registry()
+    (v1,) = _published(registry, tmp_path, 1)
+    with pytest.raises(NotFound) as missing:
+        registry.get(MODEL, "v0007")
+    assert f"has no published version 'v0007' (published: ['v0001']) in registry {registry.uri}" in str(missing.value)
+    with pytest.raises(NotFound, match="refusing to point 'champion'") as refused:
+        registry.promote(MODEL, "v0007", actor="ci", reason="typo")
+    assert f"in registry {registry.uri}" in str(refused.value)
+    first = registry.promote(MODEL, v1, actor="ci", reason="first")
+    with pytest.raises(RegistryError) as no_earlier:
+        registry.rollback(MODEL, actor="ci", reason="again")
+    assert f"cannot roll back 'champion' of 'churn' in registry {registry.uri}: no earlier" in str(no_earlier.value)
+    registry.promote(MODEL, v1, actor="ci", reason="again", expected=first)
+    with pytest.raises(ConflictError) as moved:
+        registry.promote(MODEL, v1, actor="ci", reason="stale", expected=first)
+    assert f"changed since it was read (then at v0001) in registry {registry.uri}" in str(moved.value)
+    backend.raw_delete(f"{MODEL}/versions/{v1}/weights.bin")
+    with pytest.raises(IntegrityError) as lost:
+        registry.download(MODEL, v1, tmp_path / "out")
+    assert f"{MODEL} {v1} in registry {registry.uri}: artifact 'weights.bin'" in str(lost.value)
