@@ -13,7 +13,7 @@ import typer
 from rich.text import Text
 from typer.core import TyperGroup
 
-from ml.cli import batch, pipeline, registry, tools
+from ml.cli import batch, models, pipeline, registry, tools
 from ml.cli.common import console
 from ml.core.errors import TidemarkError
 
@@ -46,6 +46,7 @@ app.add_typer(pipeline.app)
 app.add_typer(batch.app)
 app.add_typer(registry.app, name="registry")
 app.add_typer(tools.app)
+app.add_typer(models.app)
 
 
 def main() -> None:
