@@ -28,22 +28,8 @@ customers as (
     select * from {{ ref('int_customers_joined') }}
 ),
 
-watermark as (
-    select max(loaded_date) as loaded_through
-    from {{ ref('int_loaded_days_unioned') }}
-),
-
 closed as (
-    select features.as_of_date, features.customer_id
-    from features
-    cross join watermark
-    where features.as_of_date + {{ horizon }} <= watermark.loaded_through
-    {% if date_var('start_date') %}
-        and features.as_of_date + {{ horizon }} >= cast('{{ date_var("start_date") }}' as date)
-    {% endif %}
-    {% if date_var('end_date') %}
-        and features.as_of_date + {{ horizon }} <= cast('{{ date_var("end_date") }}' as date)
-    {% endif %}
+    {{ closed_horizons('features', horizon) }}
 ),
 
 labelled as (
