@@ -11,11 +11,12 @@ export DO_NOT_TRACK := 1
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export SCARF_ANALYTICS := false
 
-.PHONY: install demo demo-server test test-server browser airflow airflow-celery airflow-status airflow-stop bench bench-gpu clean help
+.PHONY: install demo demo-ui demo-ui-stop demo-server test test-server browser airflow airflow-celery airflow-status airflow-stop bench bench-gpu clean help
 
 help:
 	@echo "make demo   - install (first time) and run the end-to-end demo on the embedded defaults"
 	@echo "make test   - install (first time) and run the test suite"
+	@echo "make demo-ui - open the Airflow UI on the last demo's own runs (grid, logs, asset events); make demo-ui-stop ends it"
 	@echo "make demo-server - the same demo on PostgreSQL (database tidemark_demo) and a registry on a local S3 API (moto)"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make bench-gpu - train the PyTorch candidate on CUDA (bf16) and on the CPU; says so and stops without CUDA"
@@ -37,6 +38,12 @@ install: $(STAMP) $(MANIFEST)
 
 demo: install
 	$(PY) -m ml demo
+
+demo-ui: install
+	$(PY) -m ml airflow start --demo
+
+demo-ui-stop:
+	$(PY) -m ml airflow stop --demo
 
 demo-server: install
 	$(PY) -m ml demo --server
@@ -72,6 +79,7 @@ bench: install
 	$(PY) bench/bench_features.py --customers 125000 --duckdb-memory-limit 14GB
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_drift.py
+	$(PY) bench/bench_dag_parse.py
 
 bench-gpu: install
 	$(PY) bench/bench_gpu.py

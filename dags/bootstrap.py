@@ -8,10 +8,12 @@ home, and `python -m ml airflow bootstrap` on a running one.
    `sim_start` to `history_end`. It skips, with the reason in its log, when the warehouse was
    bootstrapped before; a warehouse that holds another world refuses, naming both.
 2. `build_history` triggers `build_features` for the history and waits for it.
-3. `train_first_champion` triggers `train_model` as of `history_end` and waits for its gate.
-4. `start_clock` checks that a champion exists and starts the simulated clock. From then on each
-   scheduled `ingest_raw` run loads the next day, and the assets run the rest: `build_features`,
-   `score_batch`, `monitor_model`, and `train_model` when monitoring asks for a retrain.
+3. `train_first_<model>` triggers `train_<model>` of each served model of the simulated business
+   as of `history_end` and waits for its gate.
+4. `start_clock` checks that each of them has a champion and starts the simulated clock. From then on
+   each scheduled `ingest_raw` run loads the next day, and the assets run the rest: `build_features`,
+   each model's `score_<model>` and `monitor_<model>`, and `train_<model>` when its monitoring asks
+   for a retrain.
 """
 
 from __future__ import annotations
@@ -21,12 +23,12 @@ from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOpe
 from airflow.sdk import Param, dag, task
 
 from ml.core.settings import Settings
-from ml.core.spec import load_spec
 from ml.ingest.world import DEFAULT_HISTORY_END, DEFAULT_WORLD
 from ml.orchestration.airflow_setup import WAREHOUSE_POOL, priority
+from ml.orchestration.served import loop_specs
 
 settings = Settings.from_env()
-spec = load_spec(settings.model_spec)
+MODELS = [spec.name for spec in loop_specs(settings)]
 WAIT = {"wait_for_completion": True, "poke_interval": 10, "allowed_states": ["success"], "failed_states": ["failed"]}
 world = DEFAULT_WORLD.params()
 
@@ -37,7 +39,7 @@ world = DEFAULT_WORLD.params()
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
-    tags=["tidemark", "bootstrap", spec.name],
+    tags=["tidemark", "bootstrap", *MODELS],
     default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=1),
                   **priority("bootstrap")},
     params={
@@ -65,20 +67,24 @@ def bootstrap():
         conf={"start": "{{ ti.xcom_pull(task_ids='land_history')['start'] }}",
               "end": "{{ ti.xcom_pull(task_ids='land_history')['end'] }}"}, **WAIT,
     )
-    train = TriggerDagRunOperator(
-        task_id="train_first_champion", trigger_dag_id="train_model",
-        conf={"as_of": "{{ ti.xcom_pull(task_ids='land_history')['end'] }}"}, **WAIT,
-    )
+    train = [
+        TriggerDagRunOperator(
+            task_id=f"train_first_{model}", trigger_dag_id=f"train_{model}",
+            conf={"as_of": "{{ ti.xcom_pull(task_ids='land_history')['end'] }}"}, **WAIT,
+        )
+        for model in MODELS
+    ]
 
     @task(pool=WAREHOUSE_POOL)
     def start_clock() -> dict:
-        """Check that the gate promoted a champion, then let the scheduled ingest runs move the clock."""
+        """Check that the gate promoted a champion of each model, then let the scheduled ingest runs move the
+        clock."""
         from ml.ingest.world import start_clock
         from ml.registry.champion import champion_version
 
-        version = champion_version(settings, spec.name)
+        versions = {model: champion_version(settings, model) for model in MODELS}
         record = start_clock(settings)
-        return {"champion": version, "clock_started_at": record.clock_started_at.isoformat()}
+        return {"champions": versions, "clock_started_at": record.clock_started_at.isoformat()}
 
     land_history() >> build >> train >> start_clock()
 

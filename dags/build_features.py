@@ -1,8 +1,10 @@
 """
 ### build_features
 
-Builds the point-in-time feature and label marts with dbt whenever new raw days land (the `raw`
-asset), for exactly the as-of dates those days cover.
+Builds the point-in-time feature and label marts of the simulated business's served models (the
+shipped specs with `served: true`: their feature and label relations and everything upstream of them)
+with dbt whenever new raw days land (the `raw` asset), for exactly the as-of dates those days cover.
+A user's own dbt models are not in its selection, so they can never fail it.
 
 1. `resolve_interval` picks the dates: dag_run.conf `{"start": ..., "end": ...}` when given (a
    backfill), else the dates in the triggering `raw` events. Either is refused, naming the dates and
@@ -11,14 +13,15 @@ asset), for exactly the as-of dates those days cover.
    features watermark (the latest as-of date in the feature mart) up to the loaded watermark, or
    the loaded watermark's day alone when the features reach it; never a day read off the clock.
 2. `dbt` is the dbt project rendered by Cosmos from its manifest in its watcher mode: the
-   `dbt_producer_watcher` task runs one `dbt build` of every model and test with the dates as the
+   `dbt_producer_watcher` task runs one `dbt build` of the selection and its tests with the dates as the
    `start_date`/`end_date` vars, in one dbt process and the one-slot `warehouse` pool. Then a task
    per model (`<model>.run`), per model's tests (`<model>.test`) and per raw source's tests shows
    that node's result from the build, so a failure is seen on the node that failed. dbt skips
    every model built on a failed test, raw sources' tests included, and their tasks fail. A failed
    model's task retries by running that model alone.
-3. `publish_features` emits the `features` asset with the dates in its extra, only when every dbt
-   task succeeded.
+3. `publish_features` emits the asset of each served feature relation (`features.<relation>`, which
+   runs `score_<model>` of each model on it) with the dates in its extra, only when every dbt task
+   succeeded.
 """
 
 from __future__ import annotations
@@ -49,9 +52,14 @@ from ml.features.cosmos import (
 )
 from ml.features.dbt import dbt_executable
 from ml.orchestration.airflow_setup import WAREHOUSE_POOL, priority
-from ml.orchestration.assets import FEATURES, RAW
+from ml.orchestration.assets import RAW, features_asset
+from ml.orchestration.served import loop_specs
 
 settings = Settings.from_env()
+SERVED = loop_specs(settings)
+# What this DAG builds: the served models' feature and label relations with everything upstream of them.
+SELECT = sorted({f"+{relation}" for spec in SERVED for relation in (spec.features.relation, spec.label_relation)})
+FEATURES = [features_asset(relation) for relation in sorted({spec.features.relation for spec in SERVED})]
 # The dbt vars of every dbt task, rendered from the resolve_interval task's result at run time.
 DBT_VARS = {
     "start_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['start'] }}",
@@ -77,10 +85,11 @@ def build_features():
 
         return resolve_build_interval(settings, dag_run.conf, triggering_asset_events)
 
-    @task(outlets=[FEATURES])
+    @task(outlets=FEATURES)
     def publish_features(interval: dict, outlet_events=None) -> dict:
-        """Announce that the marts hold these dates."""
-        outlet_events[FEATURES].extra = interval
+        """Announce that the served feature relations hold these dates."""
+        for asset in FEATURES:
+            outlet_events[asset].extra = interval
         return interval
 
     interval = resolve()
@@ -107,17 +116,17 @@ def build_features():
         render_config=RenderConfig(
             load_method=LoadMode.DBT_MANIFEST,
             test_behavior=TestBehavior.AFTER_EACH,
+            select=SELECT,
             source_rendering_behavior=SourceRenderingBehavior.WITH_TESTS_OR_FRESHNESS,
-            # The public data sets are loaded and built on their own, not per simulated day; the
-            # score marts are built by score_batch, once ml.predictions holds the new scores.
-            exclude=["tag:public_data", "tag:scores"],
+            # The score marts are built by score_<model>, once ml.predictions holds the new scores.
+            exclude=["tag:scores"],
             # A raw source's tests show as one task that reads their result from the build.
             node_converters={DbtResourceType.SOURCE: source_tests_watcher},
             node_conversion_by_task_group=True,
             # A test across two nodes (relationships) counts among the tests of each of them; dbt build
             # runs it once both exist and skips what is built on either when it fails.
             should_detach_multiple_parents_tests=False,
-            # Downstream DAGs consume the one `features` asset below, not an asset per model.
+            # Downstream DAGs consume the feature relations' assets below, not an asset per dbt model.
             emit_datasets=False,
         ),
         operator_args={

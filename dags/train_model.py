@@ -1,10 +1,11 @@
 """
-### train_model
+### `train_<model>`
 
-Trains the candidates of a model spec (`ml/specs/<name>.yaml`, `TIDEMARK_MODEL_SPEC`, default `churn`),
-compares the best one with the current champion on the same out-of-time rows, and lets the promotion
-gate decide. Runs on the spec's schedule (weekly for churn) and whenever the `retrain_requested` asset is
-updated; a spec with `schedule: null` retrains only on request.
+One DAG per served model spec (`served: true` in `ml/specs/<model>.yaml` or in `TIDEMARK_SPECS_DIR`):
+trains the spec's candidates, compares the best one with the model's champion on the same out-of-time
+rows, and lets the promotion gate decide. Runs on the spec's schedule (weekly for churn) and whenever
+the model's `retrain_requested.<model>` asset is updated; a spec with `schedule: null` retrains only on
+request.
 
 1. `extract` first completes any promotion that a killed run left half done and checks that the current
    champion downloads and loads (a damaged champion stops the run here, before anything is fitted). It then
@@ -20,7 +21,7 @@ updated; a spec with `schedule: null` retrains only on request.
 4. `gate` applies the spec's promotion policy. `promote` publishes the version to the registry, records
    the decision with its intent, moves the champion alias when it passed, then writes `ml.model_promotions`;
    a retry (or `python -m ml registry repair`) completes a promotion that was interrupted.
-5. `publish_champion` updates the `champion` asset only when the champion changed.
+5. `publish_champion` updates the `champion.<model>` asset only when the champion changed.
 """
 
 from __future__ import annotations
@@ -29,95 +30,103 @@ import pendulum
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
 from ml.core.settings import Settings
-from ml.core.spec import load_spec
+from ml.core.spec import ModelSpec
 from ml.orchestration.airflow_setup import GPU_POOL, WAREHOUSE_POOL, priority
-from ml.orchestration.assets import CHAMPION, RETRAIN_REQUESTED
+from ml.orchestration.assets import champion_asset, retrain_requested_asset
 from ml.orchestration.intervals import requested_as_of
+from ml.orchestration.served import add_model_dags
 
 settings = Settings.from_env()
-spec = load_spec(settings.model_spec)
-CPU_CANDIDATES = [c.name for c in spec.candidates if not c.uses_gpu]
-GPU_CANDIDATES = [c.name for c in spec.candidates if c.uses_gpu]
 
 
-@dag(
-    schedule=AssetOrTimeSchedule(
-        timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=[RETRAIN_REQUESTED]
-    ) if spec.schedule else [RETRAIN_REQUESTED],
-    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
-    catchup=False,
-    max_active_runs=1,
-    doc_md=__doc__,
-    tags=["tidemark", "training", spec.name],
-    default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2),
-                  **priority("train_model")},
-)
-def train_model():
-    @task(pool=WAREHOUSE_POOL)
-    def extract(dag_run=None, triggering_asset_events=None) -> dict:
-        """Check the champion, then read and split the labelled rows known at the as-of date."""
-        from ml.orchestration.skips import skip_when_idle
-        from ml.training.steps import extract_step, prepare_step, scheduled_as_of
+def train_model(spec: ModelSpec):
+    """The train DAG of one model."""
+    cpu_candidates = [c.name for c in spec.candidates if not c.uses_gpu]
+    gpu_candidates = [c.name for c in spec.candidates if c.uses_gpu]
+    retrain_requested, champion = retrain_requested_asset(spec.name), champion_asset(spec.name)
 
-        prepared = prepare_step(spec, settings)
-        as_of = requested_as_of(dag_run.conf, triggering_asset_events)
-        with skip_when_idle():  # a scheduled run with nothing new to learn from: skipped, the reason logged
-            scheduled = as_of is None
-            if scheduled:
-                as_of = scheduled_as_of(spec, settings, prepared["champion_as_of"])
-            return extract_step(spec, settings, dag_run.run_id, as_of, scheduled=scheduled)
+    @dag(
+        dag_id=f"train_{spec.name}",
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable(spec.schedule, timezone="UTC"), assets=[retrain_requested]
+        ) if spec.schedule else [retrain_requested],
+        start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        doc_md=__doc__,
+        description=spec.description or None,
+        tags=["tidemark", "training", spec.name],
+        default_args={"owner": "tidemark", "retries": 1, "retry_delay": pendulum.duration(minutes=2),
+                      **priority("train_model")},
+    )
+    def train():
+        @task(pool=WAREHOUSE_POOL)
+        def extract(dag_run=None, triggering_asset_events=None) -> dict:
+            """Check the champion, then read and split the labelled rows known at the as-of date."""
+            from ml.orchestration.skips import skip_when_idle
+            from ml.training.steps import extract_step, prepare_step, scheduled_as_of
 
-    @task
-    def train_cpu(candidate: str, data: dict) -> dict:
-        """Fit one CPU candidate."""
-        from ml.training.steps import train_step
+            prepared = prepare_step(spec, settings)
+            as_of = requested_as_of(dag_run.conf, triggering_asset_events)
+            with skip_when_idle():  # a scheduled run with nothing new to learn from: skipped, the reason logged
+                scheduled = as_of is None
+                if scheduled:
+                    as_of = scheduled_as_of(spec, settings, prepared["champion_as_of"])
+                return extract_step(spec, settings, dag_run.run_id, as_of, scheduled=scheduled)
 
-        return train_step(spec, settings, data, candidate)
+        @task
+        def train_cpu(candidate: str, data: dict) -> dict:
+            """Fit one CPU candidate."""
+            from ml.training.steps import train_step
 
-    @task(pool=GPU_POOL, queue=settings.gpu_queue)
-    def train_gpu(candidate: str, data: dict) -> dict:
-        """Fit one PyTorch candidate: on CUDA when the worker has a GPU, else on the CPU."""
-        from ml.training.steps import train_step
+            return train_step(spec, settings, data, candidate)
 
-        return train_step(spec, settings, data, candidate)
+        @task(pool=GPU_POOL, queue=settings.gpu_queue)
+        def train_gpu(candidate: str, data: dict) -> dict:
+            """Fit one PyTorch candidate: on CUDA when the worker has a GPU, else on the CPU."""
+            from ml.training.steps import train_step
 
-    @task
-    def evaluate(data: dict, cpu: list[dict], gpu: list[dict]) -> dict:
-        """Challenger and champion on the same out-of-time test rows."""
-        from ml.training.evaluate import evaluate_step
+            return train_step(spec, settings, data, candidate)
 
-        return evaluate_step(spec, settings, data, [*cpu, *gpu])
+        @task
+        def evaluate(data: dict, cpu: list[dict], gpu: list[dict]) -> dict:
+            """Challenger and champion on the same out-of-time test rows."""
+            from ml.training.evaluate import evaluate_step
 
-    @task
-    def gate(evaluation: dict) -> dict:
-        """The spec's promotion policy, with a reason for every check."""
-        from ml.training.steps import gate_step
+            return evaluate_step(spec, settings, data, [*cpu, *gpu])
 
-        return gate_step(spec, evaluation)
+        @task
+        def gate(evaluation: dict) -> dict:
+            """The spec's promotion policy, with a reason for every check."""
+            from ml.training.steps import gate_step
 
-    @task(pool=WAREHOUSE_POOL)
-    def promote(data: dict, evaluation: dict, decision: dict, dag_run=None) -> dict:
-        """Publish the version, record the decision, move the champion if the gate passed."""
-        from ml.training.steps import promote_step
+            return gate_step(spec, evaluation)
 
-        return promote_step(spec, settings, data, evaluation, decision, run_id=dag_run.run_id)
+        @task(pool=WAREHOUSE_POOL)
+        def promote(data: dict, evaluation: dict, decision: dict, dag_run=None) -> dict:
+            """Publish the version, record the decision, move the champion if the gate passed."""
+            from ml.training.steps import promote_step
 
-    @task.short_circuit
-    def champion_changed(outcome: dict) -> bool:
-        return outcome["champion_after"] != outcome["champion_before"]
+            return promote_step(spec, settings, data, evaluation, decision, run_id=dag_run.run_id)
 
-    @task(outlets=[CHAMPION])
-    def publish_champion(outcome: dict, outlet_events=None) -> dict:
-        """Announce the new champion to the DAGs that score with it."""
-        outlet_events[CHAMPION].extra = {"model": outcome["model"], "version": outcome["version"]}
-        return outcome
+        @task.short_circuit
+        def champion_changed(outcome: dict) -> bool:
+            return outcome["champion_after"] != outcome["champion_before"]
 
-    data = extract()
-    cpu = train_cpu.partial(data=data).expand(candidate=CPU_CANDIDATES)
-    gpu = train_gpu.partial(data=data).expand(candidate=GPU_CANDIDATES) if GPU_CANDIDATES else []
-    evaluation = evaluate(data, cpu, gpu)
-    outcome = promote(data, evaluation, gate(evaluation))
-    champion_changed(outcome) >> publish_champion(outcome)
+        @task(outlets=[champion])
+        def publish_champion(outcome: dict, outlet_events=None) -> dict:
+            """Announce the new champion to the DAGs that score with it."""
+            outlet_events[champion].extra = {"model": outcome["model"], "version": outcome["version"]}
+            return outcome
+
+        data = extract()
+        cpu = train_cpu.partial(data=data).expand(candidate=cpu_candidates)
+        gpu = train_gpu.partial(data=data).expand(candidate=gpu_candidates) if gpu_candidates else []
+        evaluation = evaluate(data, cpu, gpu)
+        outcome = promote(data, evaluation, gate(evaluation))
+        champion_changed(outcome) >> publish_champion(outcome)
+
+    return train()
 
 
-train_model()
+add_model_dags(globals(), "train", train_model, settings)

@@ -39,6 +39,8 @@ def parsed_dags(settings: Settings | None = None, spec_path: Path | None = None,
                 ) -> Iterator[dict]:
     """The DAGs parsed and run with the environment pointed at `settings` and `spec_path`: the DAGs by id.
 
+    With `spec_path`, the model of that spec is the one served model (`train_<model>` and so on).
+
     Parses `dags/` (or one `file` in it), fails on any import error, and turns retries off, since
     dag.test() would wait out the retry delay of a task that fails for good. The environment stays set
     until the block ends, so the tasks that dag.test() runs read the same warehouse (its Airflow
@@ -51,8 +53,8 @@ def parsed_dags(settings: Settings | None = None, spec_path: Path | None = None,
         connection = settings.airflow_env().get(WAREHOUSE_CONN_VARIABLE)
         if connection:
             env[WAREHOUSE_CONN_VARIABLE] = connection
-    if spec_path is not None:
-        env["TIDEMARK_MODEL_SPEC"] = str(spec_path)
+    if spec_path is not None:  # that spec alone is served, in place of a shipped one of its name
+        env.update(served_spec_env(spec_path, Path(env.get("TIDEMARK_HOME") or spec_path.parent)))
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -64,6 +66,19 @@ def parsed_dags(settings: Settings | None = None, spec_path: Path | None = None,
             for task in dag.tasks:
                 task.retries = 0
         yield bag.dags
+
+
+def served_spec_env(spec_path: Path, home: Path) -> dict[str, str]:
+    """The environment that serves the spec at `spec_path` alone: a copy of it, marked served, in a specs
+    folder under `home`, which replaces a shipped spec of its name."""
+    import yaml
+
+    data = yaml.safe_load(spec_path.read_text())
+    folder = home / "served_specs"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{data['name']}.yaml").write_text(yaml.safe_dump({**data, "served": True}, sort_keys=False))
+    return {"TIDEMARK_SPECS_DIR": str(folder), "TIDEMARK_SERVED_MODELS": data["name"],
+            "TIDEMARK_MODEL_SPEC": str(spec_path)}
 
 
 PG_ADMIN_DSN = os.environ.get("TIDEMARK_TEST_PG_ADMIN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")

@@ -61,15 +61,20 @@ def simulate(
 def load_csv_command(
     path: str = typer.Argument(..., help="CSV file with a header row."),
     table: str = typer.Argument(..., help="Raw table to replace, e.g. telco_customers (schema raw)."),
+    delimiter: Optional[str] = typer.Option(
+        None, help="comma, semicolon, tab, pipe or whitespace (runs of spaces); default: detected from the file."),
 ) -> None:
     """Load a CSV file into the warehouse as a raw table of text columns, replacing it atomically."""
     from pathlib import Path
 
-    from ml.ingest.csv_files import load_csv
+    from ml.ingest.csv_files import load_csv_file
 
     settings = Settings.from_env()
-    rows = load_csv(settings, Path(path), table)
-    console.print(f"{rows:,} rows loaded into raw.{table} in {settings.warehouse.url}")
+    loaded = load_csv_file(settings, Path(path), table, delimiter=delimiter)
+    console.print(f"{loaded.rows:,} rows loaded into raw.{table} in {settings.warehouse.url}", soft_wrap=True)
+    how = "detected" if loaded.detected else "given"
+    count = f"{len(loaded.columns)} column{'s' if len(loaded.columns) != 1 else ''}"
+    console.print(f"{count} split on {loaded.delimiter_name} ({how}): {', '.join(loaded.columns)}", soft_wrap=True)
 
 
 @app.command("dbt", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -112,15 +117,20 @@ def train(
             model_spec, settings, as_of=day, run_id=run_id or f"cli-{as_of or 'latest'}", actor=settings.actor,
             on_step=step_logger(shown, shown.add_task("", total=None), model_spec.name),
         )
-    board = Table(title=f"candidates of {model_spec.name} on the test window")
-    for col in ("candidate", "device", "fit s", "val " + model_spec.primary_metric, "roc_auc", "pr_auc", "brier", "ece"):
+    metric = model_spec.primary_metric
+    challenger = result["evaluation"]["challenger"]
+    board = Table(title=f"candidates of {model_spec.name} on the test window",
+                  caption=f"* the challenger: best validation {metric}")
+    for col in ("candidate", "device", "fit s", "val " + metric, "roc_auc", "pr_auc", "brier", "ece"):
         board.add_column(col, justify="left" if col in ("candidate", "device") else "right")
     for row in result["evaluation"]["leaderboard"]:
-        t = row["test"]
-        board.add_row(row["candidate"], row["device"], f"{row['fit_seconds']:.1f}",
-                      f"{row['validation'][model_spec.primary_metric]:.4f}",
-                      *(f"{t[m]:.4f}" for m in ("roc_auc", "pr_auc", "brier", "ece")))
+        t, chosen = row["test"], row["candidate"] == challenger["candidate"]
+        board.add_row(row["candidate"] + (" *" if chosen else ""), row["device"], f"{row['fit_seconds']:.1f}",
+                      f"{row['validation'][metric]:.4f}",
+                      *(f"{t[m]:.4f}" for m in ("roc_auc", "pr_auc", "brier", "ece")), style="bold" if chosen else None)
     console.print(board)
+    console.print(f"challenger: {challenger['candidate']} (best validation {metric} "
+                  f"{challenger['validation'][metric]:.4f})", soft_wrap=True)
     outcome = result["outcome"]
     console.print(Text(str(outcome["version"]), style="bold"), f"{outcome['decision']}; champion "
                   f"{outcome['champion_before']} -> {outcome['champion_after']}")

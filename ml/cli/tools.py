@@ -15,6 +15,9 @@ from ml.core.settings import Settings
 from ml.ingest.world import DEFAULT_HISTORY_END, DEFAULT_WORLD
 
 app = typer.Typer()
+DemoOption = typer.Option(False, "--demo", help="The service on the state of the last `make demo` "
+                          "(TIDEMARK_HOME/demo): its runs, logs and asset events.")
+
 service_app = typer.Typer(no_args_is_help=True, help="Run Airflow as a local service: start, status, stop.")
 app.add_typer(service_app, name="airflow")
 
@@ -94,12 +97,20 @@ def service_start(
     run_bootstrap: bool = typer.Option(True, "--bootstrap/--no-bootstrap", help="Trigger the bootstrap DAG "
                                        "(history, features, first champion, then the simulated clock) unless it "
                                        "ran before."),
+    demo: bool = DemoOption,
 ) -> None:
     """Start api-server, scheduler, dag-processor and triggerer (and Celery workers) in the background, then
-    bootstrap the loop."""
+    bootstrap the loop. With --demo: on the last `make demo`'s state, to look at its runs, paused."""
     from ml.tools.service import ServiceConfig, bootstrap, credentials, start
 
-    settings = Settings.from_env()
+    settings = _service_settings(demo)
+    if demo:
+        if not (settings.airflow_home / "airflow.db").exists():
+            from ml.tools.demo import DemoError
+
+            raise DemoError(f"no demo has run here yet ({settings.home} holds no Airflow metadata DB): run "
+                            "`make demo` first, then `make demo-ui`")
+        paused, run_bootstrap = True, False  # the demo's runs are there to look at; nothing new is scheduled
     cfg = ServiceConfig.from_env(profile, port, paused=paused)
     with console.status(Text(f"starting Airflow ({profile} profile)")) as status:  # a str status is read as markup
         def shown(msg: str) -> None:
@@ -116,7 +127,9 @@ def service_start(
     console.print(f"  UI:    {cfg.url}")
     console.print(f"  login: {user} / {password}")
     console.print(f"  logs:  {settings.airflow_home / 'service' / 'logs'}")
-    console.print("  stop:  make airflow-stop")
+    if demo:
+        console.print("  the demo's runs: their grid, logs and asset events, with every DAG paused")
+    console.print("  stop:  " + ("make demo-ui-stop" if demo else "make airflow-stop"))
 
 
 @service_app.command("bootstrap")
@@ -146,11 +159,11 @@ def service_bootstrap(
 
 
 @service_app.command("status")
-def service_status() -> None:
+def service_status(demo: bool = DemoOption) -> None:
     """Show what `airflow start` started and the API server's health report."""
     from ml.tools.service import _alive, health, read_state
 
-    state = read_state(Settings.from_env())
+    state = read_state(_service_settings(demo))
     if not state:
         console.print("no Airflow started from this checkout is recorded")
         raise typer.Exit(1)
@@ -164,8 +177,18 @@ def service_status() -> None:
 
 
 @service_app.command("stop")
-def service_stop(grace: float = typer.Option(30.0, help="Seconds to wait after SIGTERM before SIGKILL.")) -> None:
+def service_stop(grace: float = typer.Option(30.0, help="Seconds to wait after SIGTERM before SIGKILL."),
+                 demo: bool = DemoOption) -> None:
     """Stop every process that `airflow start` started."""
     from ml.tools.service import stop
 
-    stop(Settings.from_env(), grace_s=grace, progress=lambda msg: console.print(f"  {msg}"))
+    stop(_service_settings(demo), grace_s=grace, progress=lambda msg: console.print(f"  {msg}"))
+
+
+def _service_settings(demo: bool) -> Settings:
+    """The settings of the service: the environment's, or with --demo those `make demo` ran with."""
+    if not demo:
+        return Settings.from_env()
+    from ml.tools.demo import demo_run_settings
+
+    return demo_run_settings(Settings.from_env())

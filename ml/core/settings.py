@@ -24,6 +24,8 @@ WAREHOUSE_CONN_ID = "tidemark_warehouse"
 WAREHOUSE_CONN_VARIABLE = f"AIRFLOW_CONN_{WAREHOUSE_CONN_ID.upper()}"  # where Airflow looks it up
 # Every schema the pipeline writes in the warehouse: raw tables (ml/ingest), the dbt layers, ml's tables.
 PIPELINE_SCHEMAS = ("raw", "staging", "intermediate", "marts", "ml")
+# The folder of a user's own model specs, relative to the repository, when TIDEMARK_SPECS_DIR is not set.
+USER_SPECS = "specs"
 # DuckDB's own default memory limit; TIDEMARK_DUCKDB_MEMORY_LIMIT replaces it.
 DUCKDB_DEFAULT_MEMORY_LIMIT = "80%"
 # libpq options of every PostgreSQL session that dbt and ml/ open: JIT compilation costs more than it
@@ -140,8 +142,13 @@ class Settings:
     registry_uri: str = ""
     s3_endpoint_url: str | None = None
     repo_root: Path = REPO_ROOT
-    # The spec that the train, score and monitor DAGs serve: a name under ml/specs/ or a path.
+    # The spec that commands use when given no --spec: a name (see specs_dir) or a path.
     model_spec: str = "churn"
+    # The folder of the user's own specs (default: specs/ in the repository), read before ml/specs/, which
+    # holds the shipped ones; a user's spec replaces a shipped one of its name.
+    specs_dir: Path | None = None
+    # The served specs that get DAGs, by name; None: every spec marked `served: true`.
+    served_models: tuple[str, ...] | None = None
     # The Celery queue of the tasks that can use a GPU; executors without queues ignore it.
     gpu_queue: str = "gpu"
     # Who the registry history records for manual promotions and rollbacks.
@@ -186,6 +193,9 @@ class Settings:
             pause_s = float(pause)
         except ValueError:
             raise SettingsError(f"TIDEMARK_TEST_PAUSE_IN_PUBLISH={pause!r} is not a number of seconds") from None
+        specs_dir = env.get("TIDEMARK_SPECS_DIR", "").strip()
+        served = env.get("TIDEMARK_SERVED_MODELS", "").strip()
+        served_models = tuple(name.strip() for name in served.split(",") if name.strip()) if served else None
         pace = env.get("TIDEMARK_SIM_DAY_SECONDS", "").strip() or "60"
         try:
             sim_day_seconds = float(pace)
@@ -197,6 +207,8 @@ class Settings:
         return cls(
             home=home, warehouse=_with_duckdb_settings(parse_warehouse_url(url), env), registry_uri=registry, s3_endpoint_url=endpoint,
             model_spec=env.get("TIDEMARK_MODEL_SPEC", "").strip() or "churn",
+            specs_dir=_absolute(Path(specs_dir)) if specs_dir else REPO_ROOT / USER_SPECS,
+            served_models=served_models,
             gpu_queue=env.get("TIDEMARK_GPU_QUEUE", "").strip() or "gpu",
             actor=env.get("TIDEMARK_ACTOR", "").strip() or f"cli:{_user(env)}",
             worker_name=env.get("TIDEMARK_WORKER_NAME", "").strip(),
@@ -276,12 +288,19 @@ class Settings:
             "TIDEMARK_WAREHOUSE_URL": self.warehouse.url,
             "TIDEMARK_REGISTRY_URI": self.registry_uri,
             "TIDEMARK_MODEL_SPEC": self.model_spec,
+            **({"TIDEMARK_SPECS_DIR": str(self.specs_dir)} if self.specs_dir else {}),
+            **({"TIDEMARK_SERVED_MODELS": ",".join(self.served_models)} if self.served_models is not None else {}),
             "TIDEMARK_GPU_QUEUE": self.gpu_queue,
             **({"TIDEMARK_S3_ENDPOINT_URL": self.s3_endpoint_url} if self.s3_endpoint_url else {}),
             **({"TIDEMARK_SIGNING_KEY": str(self.signing_key)} if self.signing_key else {}),
             **({"TIDEMARK_VERIFY_KEY": str(self.verify_key)} if self.verify_key else {}),
             **connection,
         }
+
+
+def _absolute(path: Path) -> Path:
+    """A path from a setting: relative ones are relative to the repository."""
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def _user(env: Mapping[str, str]) -> str:

@@ -175,6 +175,10 @@ class ModelSpec(_Strict):
     # Cron of the regular retraining; null retrains only when monitoring asks (the retrain_requested asset).
     schedule: str | None = "@weekly"
     seed: int = 0
+    served: bool = Field(False, description="the platform runs train, score and monitor DAGs for this model")
+    cadence: Literal["daily", "weekly", "monthly"] | None = Field(
+        None, description="the as-of grid of the feature relation; default: read from the relation's dates"
+    )
 
     _names = field_validator("name", "entity_key", "time_column")(_identifier)
 
@@ -217,14 +221,26 @@ class ModelSpec(_Strict):
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
 
 
-def load_spec(path_or_name: str | Path) -> ModelSpec:
-    """Read and validate a spec, by path or by name under ml/specs/; errors name the field and the file."""
+def spec_folders(specs_dir: Path | None = None) -> tuple[Path, ...]:
+    """Where specs are looked up by name, in order: the user's folder (TIDEMARK_SPECS_DIR), then ml/specs/."""
+    if specs_dir is None:
+        from ml.core.settings import Settings
+
+        specs_dir = Settings.from_env().specs_dir
+    return (specs_dir, SPEC_DIR) if specs_dir is not None else (SPEC_DIR,)
+
+
+def load_spec(path_or_name: str | Path, *, specs_dir: Path | None = None) -> ModelSpec:
+    """Read and validate a spec, by path or by name (see spec_folders); errors name the field and the file."""
     path = Path(path_or_name)
+    folders = spec_folders(specs_dir)
     if not path.suffix and not path.exists():
-        path = SPEC_DIR / f"{path_or_name}.yaml"
+        path = next((f / f"{path_or_name}.yaml" for f in folders if (f / f"{path_or_name}.yaml").exists()),
+                    folders[-1] / f"{path_or_name}.yaml")
     if not path.exists():
-        known = sorted(p.stem for p in SPEC_DIR.glob("*.yaml"))
-        raise SpecError(f"model spec {str(path_or_name)!r} not found (looked at {path}); known specs: {known}")
+        known = sorted({p.stem for f in folders for p in f.glob("*.yaml")})
+        looked = ", ".join(str(f) for f in folders)
+        raise SpecError(f"model spec {str(path_or_name)!r} not found (looked in {looked}); known specs: {known}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -274,7 +290,8 @@ def dbt_relation(manifest_path: Path, model: str) -> Relation:
             columns = {name: (col.get("data_type") or "").lower() for name, col in node["columns"].items()}
             enforced = bool(node["config"].get("contract", {}).get("enforced"))
             return Relation(model, node["schema"], node.get("alias") or model, columns, enforced)
-    raise SpecError(f"relation {model!r} is not a model in the dbt project ({manifest_path})")
+    raise SpecError(f"relation {model!r} is not a model in the dbt project ({manifest_path}); add it under "
+                    "dbt_project/models/ or fix the spec, then run `python -m ml dbt parse`")
 
 
 def feature_schema(spec: ModelSpec, relation: Relation) -> FeatureSchema:

@@ -27,6 +27,7 @@ from ml.monitoring.drift import (
     _num,
     replace_model_partition,
 )
+from ml.orchestration.intervals import parse_day
 from ml.training.data import relations
 from ml.training.metrics import score
 
@@ -74,6 +75,20 @@ def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict
     log.info("realized performance of %s on %s: %s", spec.name, day, by_version)
     return {"model_name": spec.name, "as_of_date": day.isoformat(), "labelled_rows": matured, "rows": table.num_rows,
             **{k: main[k] for k in ("model_version", *PERFORMANCE_METRICS)}, "versions": by_version}
+
+
+def label_dates(spec: ModelSpec, settings: Settings, start: date, end: date) -> list[date]:
+    """The label relation's own as-of dates from `start` to `end` that hold a known label, in order."""
+    when, label = spec.time_column, spec.label.column
+    if when is None:
+        raise MonitoringError(f"spec {spec.name!r} has no time_column; realized performance is per as_of_date")
+    relation = relations(spec, settings)[1]
+    labels = named_table(relation.qualified, when, label)
+    query = (sa.select(labels.c[when]).where(labels.c[when].between(start, end), labels.c[label].is_not(None))
+             .distinct().order_by(labels.c[when]))
+    with Warehouse.connect(settings, read_only=True) as wh:
+        rows = wh.rows(query) if wh.table_exists(f"{relation.schema}.{relation.identifier}") else []
+    return [parse_day(row[when], f"a {when} in {relation.name}") for row in rows]
 
 
 # -- readers ----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from ml.monitoring.drift import MonitoringError, check_drift
 from ml.monitoring.performance import realized_performance
 from ml.monitoring.triggers import check_triggers
 from ml.orchestration.intervals import interval_days
-from ml.orchestration.watermarks import resolve_features_interval
+from ml.orchestration.watermarks import CADENCE_DAYS, resolve_features_interval
 from ml.registry.champion import NoChampion, champion_version, resolve_champion
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ def plan_monitoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, 
     """The days to check with the champion version that the whole run watches.
 
     Days after the features watermark are refused (a WatermarkError); no interval means its day.
+    NothingToDo when no day of the interval is on a weekly or monthly grid.
     """
     try:
         version = champion_version(settings, spec.name)
@@ -33,7 +34,7 @@ def plan_monitoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, 
         raise MonitoringError(f"{spec.name!r} has no champion to monitor; run train_model "
                               f"(or `python -m ml train --spec {spec.name}`) first") from None
     days = resolve_features_interval(spec, settings, interval, action=f"monitor {spec.name}")
-    return {"start": days["start"], "end": days["end"], "model": spec.name, "version": version}
+    return {**days, "model": spec.name, "version": version}
 
 
 def drift_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, str], *,
@@ -51,12 +52,20 @@ def drift_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, s
     return results
 
 
-def performance_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, str]) -> list[dict]:
-    """Realized metrics for the as-of dates whose labels close inside the interval."""
+def performance_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, Any]) -> list[dict]:
+    """Realized metrics for the label as-of dates whose horizon closes inside the interval.
+
+    On a weekly or monthly grid the window reaches one grid step further back, so that each of the
+    label's own as-of dates is scored by some run even when its horizon closes off the grid.
+    """
+    from ml.monitoring.performance import label_dates
+
     horizon = timedelta(days=spec.label.horizon_days)
+    reach = timedelta(days=CADENCE_DAYS[plan.get("cadence", "daily")] - 1)
+    start, end = date.fromisoformat(plan["start"]) - horizon - reach, date.fromisoformat(plan["end"]) - horizon
     found = []
-    for day in interval_days(plan):
-        result = realized_performance(spec, settings, day - horizon)
+    for day in label_dates(spec, settings, start, end):
+        result = realized_performance(spec, settings, day)
         if result is not None:
             found.append(result)
     return found
@@ -66,8 +75,10 @@ def decide_for_interval(spec: ModelSpec, settings: Settings, plan: Mapping[str, 
     """The first retrain request that a day of the plan raises for the pinned version, or None."""
     champion = resolve_champion(settings, spec.name, plan["version"])
     reference = champion.manifest.get("metrics", {}).get(spec.primary_metric)
+    step = CADENCE_DAYS[plan.get("cadence", "daily")]
     for day in interval_days(plan):
-        request = check_triggers(spec, settings, day, champion_version=champion.version, champion_metric=reference)
+        request = check_triggers(spec, settings, day, champion_version=champion.version, champion_metric=reference,
+                                 step_days=step)
         if request is not None:
             return request
     return None

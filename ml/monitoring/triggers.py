@@ -1,6 +1,9 @@
 """Retraining triggers: dataset drift on k days in a row, or realized performance below the champion's.
 
-The weekly schedule is the third trigger and lives in the train_model DAG. A request is recorded in the
+On a weekly or monthly grid, "days" are the grid's dates: k grid dates in a row, and the decay
+window spans as many grid steps as it spans days on a daily grid.
+
+The weekly schedule is the third trigger and lives in the train_<model> DAG. A request is recorded in the
 warehouse table `ml.retrain_requests`; the cooldown reads that table, so one drift episode asks once.
 """
 
@@ -43,19 +46,22 @@ def last_request(settings: Settings, model: str, before: date) -> dict | None:
 
 
 def check_triggers(spec: ModelSpec, settings: Settings, day: date, *, champion_version: str,
-                   champion_metric: float | None) -> dict | None:
-    """A retrain request for `day` ({"reason", "as_of", "detail"}), or None; honours the cooldown."""
+                   champion_metric: float | None, step_days: int = 1) -> dict | None:
+    """A retrain request for `day` ({"reason", "as_of", "detail"}), or None; honours the cooldown.
+
+    `step_days` is the grid's step: 1 on a daily grid, 7 weekly, 31 monthly (the most days apart two
+    neighbouring grid dates can be)."""
     policy = spec.monitoring
     previous = last_request(settings, spec.name, day)
     if previous is not None and (day - _as_date(previous["requested_on"])).days < policy.cooldown_days:
         log.info("%s on %s: in the cooldown of the %s request of %s", spec.name, day, previous["reason"],
                  previous["requested_on"])
         return None
-    drift = drift_history(settings, spec.name, until=day, days=policy.consecutive_days)
-    streak = [r for r in drift if r["dataset_drift"]]
-    dates = {_as_date(r["as_of_date"]) for r in streak}
-    wanted = {day - timedelta(days=i) for i in range(policy.consecutive_days)}
-    if wanted <= dates:
+    k = policy.consecutive_days
+    drift = drift_history(settings, spec.name, until=day, days=(k - 1) * step_days + 1)
+    latest = {_as_date(r["as_of_date"]): r for r in drift}  # one dataset row per date and version
+    streak = [latest[d] for d in sorted(latest)[-k:]]
+    if len(streak) == k and _as_date(streak[-1]["as_of_date"]) == day and all(r["dataset_drift"] for r in streak):
         shares = {str(_as_date(r["as_of_date"])): round(r["drift_share"], 3) for r in streak}
         return _request(spec, settings, day, "drift", champion_version,
                         {"consecutive_days": policy.consecutive_days, "drift_share": shares,
@@ -63,7 +69,8 @@ def check_triggers(spec: ModelSpec, settings: Settings, day: date, *, champion_v
     metric = spec.primary_metric
     if champion_metric is not None and metric in PERFORMANCE_METRICS:
         labelled_through = day - timedelta(days=spec.label.horizon_days)
-        realized = [r for r in performance_history(settings, spec.name, until=labelled_through, days=DECAY_WINDOW_DAYS)
+        window = DECAY_WINDOW_DAYS * step_days
+        realized = [r for r in performance_history(settings, spec.name, until=labelled_through, days=window)
                     if r.get(metric) is not None and r.get("model_version") == champion_version]
         if len(realized) >= DECAY_MIN_DAYS:
             value, limit = sum(r[metric] for r in realized) / len(realized), champion_metric

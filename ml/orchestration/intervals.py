@@ -67,8 +67,11 @@ def requested_as_of(conf: Mapping[str, Any] | None,
     return max(found) if found else None
 
 
-def interval_days(interval: Mapping[str, str]) -> list[date]:
-    """Every day in an interval from resolve_interval, in order."""
+def interval_days(interval: Mapping[str, Any]) -> list[date]:
+    """The days of an interval from resolve_interval, in order: its `days` when it lists them (the dates of
+    a weekly or monthly grid), else every day from start to end."""
+    if interval.get("days"):
+        return [date.fromisoformat(day) for day in interval["days"]]
     start, end = date.fromisoformat(interval["start"]), date.fromisoformat(interval["end"])
     return [start + timedelta(days=i) for i in range((end - start).days + 1)]
 

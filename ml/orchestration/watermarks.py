@@ -181,4 +181,65 @@ def resolve_features_interval(spec: "ModelSpec", settings: Settings, requested: 
     relation = dbt_relation(settings.dbt_manifest, spec.features.relation)
     name = f"{relation.schema}.{relation.identifier}"
     watermark = latest_day(settings, relation.qualified, spec.time_column)
-    return features_interval(requested, watermark, action=action, relation=name)
+    interval = features_interval(requested, watermark, action=action, relation=name)
+    cadence = spec.cadence or infer_cadence(recent_days(settings, relation.qualified, spec.time_column, watermark))
+    if cadence == "daily":
+        return interval
+    held = held_days(settings, relation.qualified, spec.time_column, interval)
+    return grid_interval(interval, held, cadence=cadence, action=action, relation=name)
+
+
+# -- the as-of grid -------------------------------------------------------------------------------
+CADENCE_DAYS = {"daily": 1, "weekly": 7, "monthly": 31}
+
+
+def infer_cadence(days: Iterable[date]) -> str:
+    """daily, weekly or monthly: the typical gap between the distinct as-of dates `days` (daily when too few)."""
+    ordered = sorted(set(days))
+    gaps = sorted((b - a).days for a, b in zip(ordered, ordered[1:]))
+    if not gaps:
+        return "daily"
+    typical = gaps[len(gaps) // 2]
+    return "daily" if typical <= 1 else "weekly" if typical <= 7 else "monthly"
+
+
+def grid_interval(interval: Mapping[str, str], held: Iterable[date], *, cadence: str, action: str,
+                  relation: str) -> dict[str, Any]:
+    """The interval with `days`: those of its days that are on a weekly or monthly grid (the as-of dates
+    the relation holds). NothingToDo, naming the grid, when none of them is."""
+    from ml.core.errors import NothingToDo
+
+    start, end = date.fromisoformat(interval["start"]), date.fromisoformat(interval["end"])
+    days = sorted(d for d in set(held) if start <= d <= end)
+    if not days:
+        raise NothingToDo(f"no {cadence} as-of date of {relation} falls on {_span(start, end)}, so there is "
+                          f"nothing to {action}; its grid's dates are the ones it holds")
+    return {"start": interval["start"], "end": interval["end"], "cadence": cadence,
+            "days": [d.isoformat() for d in days]}
+
+
+def recent_days(settings: Settings, relation: str, column: str, until: date, count: int = 12) -> list[date]:
+    """The latest `count` distinct values of `column` in `relation` up to `until`."""
+    import sqlalchemy as sa
+
+    from ml.core.sql import named_table
+    from ml.core.warehouse import Warehouse
+
+    col = named_table(relation, column).c[column]
+    query = sa.select(col).where(col <= until).distinct().order_by(col.desc()).limit(count)
+    with Warehouse.connect(settings, read_only=True) as wh:
+        return [parse_day(row[column], f"a {column} in {relation}") for row in wh.rows(query)]
+
+
+def held_days(settings: Settings, relation: str, column: str, interval: Mapping[str, str]) -> list[date]:
+    """The distinct values of `column` in `relation` inside the interval."""
+    import sqlalchemy as sa
+
+    from ml.core.sql import named_table
+    from ml.core.warehouse import Warehouse
+
+    col = named_table(relation, column).c[column]
+    start, end = date.fromisoformat(interval["start"]), date.fromisoformat(interval["end"])
+    with Warehouse.connect(settings, read_only=True) as wh:
+        return [parse_day(row[column], f"a {column} in {relation}")
+                for row in wh.rows(sa.select(col).where(col.between(start, end)).distinct())]

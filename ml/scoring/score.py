@@ -243,7 +243,7 @@ def plan_scoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, str
                  scored_at: datetime | str) -> dict:
     """The days to score with the one champion version and `scored_at` time that every shard and retry of a
     run uses. Days after the features watermark are refused (a WatermarkError); no interval means its day.
-    NothingToDo before the first champion."""
+    NothingToDo before the first champion, and when no day of the interval is on a weekly or monthly grid."""
     from ml.orchestration.watermarks import resolve_features_interval
 
     try:
@@ -251,7 +251,7 @@ def plan_scoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, str
     except NoChampion as exc:
         raise NothingToDo(f"nothing to score yet: {exc}") from None
     days = resolve_features_interval(spec, settings, interval, action=f"score {spec.name}")
-    return {"start": days["start"], "end": days["end"], "model": spec.name, "version": version,
+    return {**days, "model": spec.name, "version": version,
             "scored_at": scored_at if isinstance(scored_at, str) else scored_at.isoformat()}
 
 

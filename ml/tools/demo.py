@@ -1,10 +1,12 @@
 """The end-to-end demo: real Airflow task runs over a simulated history, embedded or on servers.
 
 1. `ingest_raw` lands a history with a drift event, and `build_features` builds its marts;
-2. `train_model` trains the candidates and promotes the first champion before the drift;
-3. `score_batch` and `monitor_model` score and watch the following weeks, a week per run;
-4. when monitoring requests a retrain, `train_model` runs for that date and the gate decides;
-5. a timeline is printed and `<TIDEMARK_HOME>/demo/summary.json` is written.
+2. for each of the two served models (churn, and payment default), `train_<model>` trains the
+   candidates and promotes the first champion before the drift;
+3. `score_<model>` and `monitor_<model>` score and watch the following weeks, a week per run;
+4. when a model's monitoring requests a retrain, its `train_<model>` runs for that date and the gate
+   decides;
+5. a timeline per model is printed and `<TIDEMARK_HOME>/demo/summary.json` is written.
 
 The embedded demo keeps all its state in `<TIDEMARK_HOME>/demo/`. The server demo (`server=True`)
 runs the same steps on PostgreSQL and a registry on an S3 API (see `server_targets`), with its
@@ -46,7 +48,8 @@ DEMO_SIM = DEFAULT_WORLD.params()
 HISTORY_END = date(2025, 4, 20)
 FIRST_TRAIN_AS_OF = DEFAULT_HISTORY_END
 CHUNK_DAYS = 7
-SPEC = "churn"
+# The served models of the simulated business, in the order the demo runs them.
+MODELS = ("churn", "payment_default")
 
 # The server demo's defaults: a database it may drop and recreate, and a bucket on a local S3 API.
 SERVER_DATABASE = "tidemark_demo"
@@ -88,8 +91,18 @@ def run_demo(settings: Settings | None = None, *, server: bool = False, database
         return _run(demo_settings(targets, "demo-server"), until, started)
 
 
+def demo_run_settings(settings: Settings) -> Settings:
+    """The settings the embedded demo runs with: its sandbox, and the shipped specs of its two models."""
+    return _shipped_models(demo_settings(settings))
+
+
+def _shipped_models(settings: Settings) -> Settings:
+    """Serve the two shipped models alone, from ml/specs/: the user's specs folder is an empty one of the demo's."""
+    return replace(settings, model_spec=MODELS[0], specs_dir=settings.home / "specs", served_models=MODELS)
+
+
 def _run(settings: Settings, until: date, started: float) -> dict[str, Any]:
-    settings = replace(settings, model_spec=SPEC)
+    settings = _shipped_models(settings)
     if settings.home.exists():
         console.print(f"starting over: removing the previous demo state in {settings.home}")
         shutil.rmtree(settings.home)
@@ -125,15 +138,18 @@ def _run(settings: Settings, until: date, started: float) -> dict[str, Any]:
     history = {"start": str(first), "end": str(until)}
     run("ingest_raw", {**DEMO_SIM, **history}, "land the raw history with its drift event (backfill)")
     run("build_features", history, "build features and labels for the history")
-    run("train_model", {"as_of": str(FIRST_TRAIN_AS_OF)}, "train the candidates; the gate picks the first champion")
+    for model in MODELS:
+        run(f"train_{model}", {"as_of": str(FIRST_TRAIN_AS_OF)},
+            "train the candidates; the gate picks the first champion")
 
     day = FIRST_TRAIN_AS_OF + timedelta(days=1)
     while day <= until:
         chunk = {"start": str(day), "end": str(min(day + timedelta(days=CHUNK_DAYS - 1), until))}
-        run("score_batch", chunk, "the champion scores each day into ml.predictions")
-        run("monitor_model", chunk, "drift, realized performance and retrain triggers")
-        for request in _requests(settings, chunk):
-            run("train_model", {"as_of": request["as_of"]}, f"retrain requested ({request['reason']})")
+        for model in MODELS:
+            run(f"score_{model}", chunk, "the champion scores each day into ml.predictions")
+            run(f"monitor_{model}", chunk, "drift, realized performance and retrain triggers")
+            for request in _requests(settings, model, chunk):
+                run(f"train_{model}", {"as_of": request["as_of"]}, f"retrain requested ({request['reason']})")
         day = date.fromisoformat(chunk["end"]) + timedelta(days=1)
 
     summary = _summary(settings, runs, first, until)
@@ -238,7 +254,7 @@ def _rows(settings: Settings, statement) -> list[dict]:
         return wh.rows(statement)
 
 
-def _requests(settings: Settings, chunk: dict) -> list[dict]:
+def _requests(settings: Settings, model: str, chunk: dict) -> list[dict]:
     import sqlalchemy as sa
 
     from ml.core.tables import retrain_requests as t
@@ -247,7 +263,7 @@ def _requests(settings: Settings, chunk: dict) -> list[dict]:
         return []
     start, end = date.fromisoformat(chunk["start"]), date.fromisoformat(chunk["end"])
     rows = _rows(settings, sa.select(t.c.requested_on, t.c.reason)
-                 .where(t.c.model_name == SPEC, t.c.requested_on.between(start, end)).order_by(t.c.requested_on))
+                 .where(t.c.model_name == model, t.c.requested_on.between(start, end)).order_by(t.c.requested_on))
     return [{"as_of": str(r["requested_on"])[:10], "reason": r["reason"]} for r in rows]
 
 
@@ -258,52 +274,66 @@ def _has(settings: Settings, table: str) -> bool:
         return wh.table_exists(table)
 
 
-def _daily(horizon_days: int | None):
-    """Per scored day: rows, the dataset drift, and (with `horizon_days`) the realized AUC of that day's labels."""
+def _daily(model: str, horizon_days: int | None):
+    """Per scored day of `model`: rows, the dataset drift, and (with `horizon_days`) the realized AUC of that
+    day's labels."""
     import sqlalchemy as sa
 
     from ml.core.tables import drift_metrics, model_performance, predictions
     from ml.monitoring.drift import DATASET_ROW
 
     p = (sa.select(predictions.c.as_of_date, predictions.c.model_version, sa.func.count().label("rows"))
-         .where(predictions.c.model_name == SPEC)
+         .where(predictions.c.model_name == model)
          .group_by(predictions.c.as_of_date, predictions.c.model_version).subquery("p"))
     d, m = drift_metrics.alias("d"), model_performance.alias("m")
     realized = m.c.roc_auc if horizon_days is not None else sa.cast(sa.null(), sa.Double)
-    joined = p.outerjoin(d, sa.and_(d.c.as_of_date == p.c.as_of_date, d.c.model_name == SPEC,
+    joined = p.outerjoin(d, sa.and_(d.c.as_of_date == p.c.as_of_date, d.c.model_name == model,
                                     d.c.column_name == DATASET_ROW))
     if horizon_days is not None:
-        joined = joined.outerjoin(m, sa.and_(m.c.as_of_date == p.c.as_of_date - horizon_days, m.c.model_name == SPEC))
+        joined = joined.outerjoin(m, sa.and_(m.c.as_of_date == p.c.as_of_date - horizon_days,
+                                             m.c.model_name == model))
     return (sa.select(p.c.as_of_date, p.c.model_version, p.c.rows, d.c.drift_share, d.c.dataset_drift,
                       realized.label("realized_roc_auc"))
             .select_from(joined).order_by(p.c.as_of_date))
 
 
 def _summary(settings: Settings, runs: list[dict], first: date, until: date) -> dict[str, Any]:
-    import sqlalchemy as sa
-
-    from ml.core.spec import load_spec
-    from ml.core.tables import model_performance, model_promotions, retrain_requests
-    from ml.registry import Registry
-
-    registry = Registry.from_settings(settings)
-    history = registry.alias(SPEC, "champion").history
-    versions = {v.version: v.manifest for v in registry.versions(SPEC)}
-    promotions = _rows(settings, sa.select(*(model_promotions.c[c] for c in (
-        "candidate_version", "candidate", "decision", "reasons", "champion_version", "challenger_metric",
-        "champion_metric", "diff_ci_low", "diff_ci_high"))).order_by(model_promotions.c.candidate_version))
-    # ml.model_performance appears once the first scored day's labels mature: not in a short demo.
-    matured = _has(settings, model_performance.fullname)
-    daily = _rows(settings, _daily(load_spec(SPEC).label.horizon_days if matured else None))
-    requests = _rows(settings, sa.select(retrain_requests.c.requested_on, retrain_requests.c.reason,
-                                         retrain_requests.c.detail).order_by(retrain_requests.c.requested_on)) \
-        if _has(settings, retrain_requests.fullname) else []
     return {
         "days": (until - first).days + 1,
         "simulation": {**DEMO_SIM, "history_end": str(until)},
         "warehouse": redacted_url(settings.warehouse.url),
         "registry": settings.registry_uri,
         "s3_endpoint": settings.s3_endpoint_url,
+        "models": {model: _model_summary(settings, model) for model in MODELS},
+        "runs": runs,
+    }
+
+
+def _model_summary(settings: Settings, model: str) -> dict[str, Any]:
+    """One model's champions, drift, retrain requests, gate decisions and daily timeline."""
+    import sqlalchemy as sa
+
+    from ml.core.spec import load_spec
+    from ml.core.tables import model_performance, model_promotions, retrain_requests
+    from ml.registry import Registry
+
+    spec = load_spec(model, specs_dir=settings.specs_dir)
+    registry = Registry.from_settings(settings)
+    history = registry.alias(model, "champion").history
+    versions = {v.version: v.manifest for v in registry.versions(model)}
+    promotions = _rows(settings, sa.select(*(model_promotions.c[c] for c in (
+        "candidate_version", "candidate", "decision", "reasons", "champion_version", "challenger_metric",
+        "champion_metric", "diff_ci_low", "diff_ci_high"))).where(model_promotions.c.model_name == model)
+        .order_by(model_promotions.c.candidate_version))
+    # ml.model_performance appears once the first scored day's labels mature: not in a short demo.
+    matured = _has(settings, model_performance.fullname)
+    daily = _rows(settings, _daily(model, spec.label.horizon_days if matured else None))
+    requests = _rows(settings, sa.select(retrain_requests.c.requested_on, retrain_requests.c.reason,
+                                         retrain_requests.c.detail).where(retrain_requests.c.model_name == model)
+                     .order_by(retrain_requests.c.requested_on)) \
+        if _has(settings, retrain_requests.fullname) else []
+    return {
+        "description": spec.description,
         "champion_history": [
             {"version": e["to"], "promoted_on": versions.get(e["to"], {}).get("as_of"), "action": e["action"],
              "reason": _why(e, {p["candidate_version"]: p for p in promotions})} for e in history
@@ -315,14 +345,15 @@ def _summary(settings: Settings, runs: list[dict], first: date, until: date) -> 
             {"date": versions.get(p["candidate_version"], {}).get("as_of"), "version": p["candidate_version"],
              "candidate": p["candidate"], "decision": p["decision"], "against": p["champion_version"],
              "roc_auc": p["challenger_metric"], "champion_roc_auc": p["champion_metric"],
-             "gain_ci": [p["diff_ci_low"], p["diff_ci_high"]], "reasons": json.loads(p["reasons"])}
+             "gain_ci": [p["diff_ci_low"], p["diff_ci_high"]], "reasons": json.loads(p["reasons"]),
+             "test_metrics": {k: versions.get(p["candidate_version"], {}).get("metrics", {}).get(k)
+                              for k in ("roc_auc", "pr_auc", "brier", "ece")}}
             for p in promotions
         ],
         "prediction_rows": sum(r["rows"] for r in daily),
         "timeline": [{**r, "as_of_date": str(r["as_of_date"])[:10],
                       "dataset_drift": None if r["dataset_drift"] is None else bool(r["dataset_drift"])} for r in daily],
-        "reports": str(settings.registry_uri) + "/monitoring/churn/",
-        "runs": runs,
+        "reports": f"{settings.registry_uri}/monitoring/{model}/",
     }
 
 
@@ -344,13 +375,24 @@ def _print(summary: dict[str, Any], path) -> None:
     for row in summary["runs"]:
         runs.add_row(*(str(row[c]) for c in ("dag", "conf", "state", "tasks", "seconds")))
     console.print(runs)
+    for model, found in summary["models"].items():
+        _print_model(model, found)
+    console.print(f"warehouse: {summary['warehouse']}; registry: {summary['registry']}"
+                  + (f" at {summary['s3_endpoint']}" if summary["s3_endpoint"] else ""))
+    rows = sum(found["prediction_rows"] for found in summary["models"].values())
+    console.print(f"{rows:,} predictions of {len(summary['models'])} models; demo finished in "
+                  f"{summary['duration_s']}s; summary written to {path}")
+
+
+def _print_model(model: str, summary: dict[str, Any]) -> None:
+    console.rule(f"[bold]{model}[/bold]: {summary['description']}")
     events: dict[str, list[str]] = {}
     for r in summary["retrain_requests"]:
         events.setdefault(r["date"], []).append(f"retrain requested: {r['reason']}")
     for p in summary["promotions"]:
         if p["date"]:
             events.setdefault(p["date"], []).append(f"{p['version']} ({p['candidate']}) {p['decision']}")
-    timeline = Table(title="timeline: the champion scoring and being watched, day by day")
+    timeline = Table(title=f"{model}: the champion scoring and being watched, day by day")
     for col in ("as of", "model", "scored", "drift share", "drift", "realized AUC", "event"):
         timeline.add_column(col, justify="right" if col in ("scored", "drift share", "realized AUC") else "left")
     for r in summary["timeline"]:
@@ -359,7 +401,7 @@ def _print(summary: dict[str, Any], path) -> None:
         timeline.add_row(r["as_of_date"], r["model_version"], f"{r['rows']:,}", share,
                          "DRIFT" if r["dataset_drift"] else "", auc, "; ".join(events.get(r["as_of_date"], [])))
     console.print(timeline)
-    decisions = Table(title="promotion decisions")
+    decisions = Table(title=f"{model}: promotion decisions")
     for col in ("as of", "version", "candidate", "decision", "test AUC", "champion AUC", "gain 95% CI"):
         decisions.add_column(col, no_wrap=True)
     for p in summary["promotions"]:
@@ -369,11 +411,7 @@ def _print(summary: dict[str, Any], path) -> None:
                           champion, ci)
     console.print(decisions)
     for p in summary["promotions"]:
-        console.print(f"[bold]{p['version']}[/bold] {p['decision']}:")
+        console.print(f"[bold]{model} {p['version']}[/bold] {p['decision']}:")
         for reason in p["reasons"]:
             console.print(f"    {reason}")
-    console.print(f"warehouse: {summary['warehouse']}; registry: {summary['registry']}"
-                  + (f" at {summary['s3_endpoint']}" if summary["s3_endpoint"] else ""))
-    console.print(f"monitoring reports: {summary['reports']}")
-    console.print(f"{summary['prediction_rows']:,} predictions; demo finished in {summary['duration_s']}s; "
-                  f"summary written to {path}")
+    console.print(f"{model}: {summary['prediction_rows']:,} predictions; monitoring reports: {summary['reports']}")

@@ -378,7 +378,13 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 # -- the loop, through the REST API -------------------------------------------------------------------
-LOOP_DAGS = ("bootstrap", "ingest_raw", "build_features", "train_model", "score_batch", "monitor_model")
+def loop_dags(settings: Settings) -> list[str]:
+    """The DAGs of the loop: the shared ones, then each served model's train, score and monitor DAGs."""
+    from ml.orchestration.served import loop_specs
+
+    models = [spec.name for spec in loop_specs(settings)]
+    return ["bootstrap", "ingest_raw", "build_features",
+            *(f"{kind}_{model}" for model in models for kind in ("train", "score", "monitor"))]
 
 
 def bootstrap(settings: Settings, cfg: ServiceConfig, conf: Mapping[str, object] | None = None, *,
@@ -388,17 +394,17 @@ def bootstrap(settings: Settings, cfg: ServiceConfig, conf: Mapping[str, object]
     bootstrap of a warehouse whose clock already runs skips itself.)"""
     user, password = credentials(settings, cfg)
     token = _api(cfg, "", "POST", "/auth/token", {"username": user, "password": password})["access_token"]
-    deadline = time.monotonic() + wait_s
+    deadline, wanted = time.monotonic() + wait_s, loop_dags(settings)
     while True:
         listed = {d["dag_id"] for d in _api(cfg, token, "GET", "/api/v2/dags?limit=100")["dags"]}
-        missing = [d for d in LOOP_DAGS if d not in listed]
+        missing = [d for d in wanted if d not in listed]
         if not missing:
             break
         if time.monotonic() > deadline:
             raise ServiceError(f"the DAG processor has not parsed {', '.join(missing)} within {wait_s:.0f} s; "
                                f"see {service_dir(settings) / 'logs' / 'dag-processor.log'}")
         time.sleep(3)
-    for dag_id in LOOP_DAGS:
+    for dag_id in wanted:
         _api(cfg, token, "PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
     earlier = _api(cfg, token, "GET", "/api/v2/dags/bootstrap/dagRuns?limit=1")["dag_runs"]
     if earlier and not again:

@@ -130,14 +130,20 @@ def split(spec: ModelSpec, table: pa.Table) -> dict[str, pa.Table]:
             f"{s.validation_days}, two gaps of {spec.gap_days}) but the warehouse has {have} ({first} to {last})"
         )
     train_start = max(first, train_end - timedelta(days=s.train_days - 1)) if s.train_days else first
-    days_before_end = pc.days_between(times, pa.scalar(train_end, pa.date32()))
-    in_train = pc.and_(pc.and_(pc.greater_equal(times, train_start), pc.less_equal(times, train_end)),
-                       pc.equal(pc.remainder(days_before_end, s.sample_every_days), 0))
+    window = pc.and_(pc.greater_equal(times, train_start), pc.less_equal(times, train_end))
+    in_train = pc.and_(window, pc.is_in(times, value_set=sampled_dates(times.filter(window), s.sample_every_days)))
     return {
         "train": table.filter(in_train),
         "validation": table.filter(pc.and_(pc.greater_equal(times, val_start), pc.less_equal(times, val_end))),
         "test": table.filter(pc.greater_equal(times, test_start)),
     }
+
+
+def sampled_dates(times: pa.ChunkedArray, every: int) -> pa.Array:
+    """Every `every`-th distinct date of `times`, counted back from the latest: on any grid, daily or not,
+    the latest date is kept and so is one in `every` of the dates the data holds."""
+    distinct = sorted(pc.unique(times).to_pylist(), reverse=True)
+    return pa.array(distinct[::every], pa.date32())
 
 
 def _random_split(spec: ModelSpec, table: pa.Table) -> dict[str, pa.Table]:

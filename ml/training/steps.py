@@ -24,6 +24,7 @@ import numpy as np
 from ml.core.errors import NothingToDo
 from ml.core.settings import Settings
 from ml.core.spec import CandidateSpec, FeatureSchema, ModelSpec, dbt_relation
+from ml.core.spec_check import require_ready
 from ml.registry import Registry, promotion
 from ml.registry.champion import usable_champion
 from ml.registry.repair import repair
@@ -74,7 +75,9 @@ def scheduled_as_of(spec: ModelSpec, settings: Settings, champion_as_of: str | N
 def extract_step(spec: ModelSpec, settings: Settings, run_id: str, as_of: date | None, *,
                  scheduled: bool = False) -> dict:
     """Write the split training set under the run's directory and describe it. A `scheduled` run with no label
-    known yet raises NothingToDo; a run asked for its date fails on it."""
+    known yet raises NothingToDo; a run asked for its date fails on it. A spec that is not ready (see
+    ml.core.spec_check) fails first, with each problem and its fix."""
+    require_ready(spec, settings)
     try:
         return extract(spec, settings, run_directory(settings, spec, run_id) / "data", as_of=as_of).to_dict()
     except NoLabels as exc:
@@ -198,6 +201,7 @@ def _provenance(spec: ModelSpec, settings: Settings, ex: Extract, challenger: di
         "data_fingerprint": ex.fingerprint, "feature_schema": ex.schema.to_dict(),
         "entity_key": spec.entity_key, "time_column": spec.time_column, "spec": spec.model_dump(mode="json"),
         "spec_fingerprint": spec.fingerprint(), "libraries": library_versions(), "git_commit": git_commit(settings),
+        "git": git_state(settings),
         "dbt_manifest_sha256": _sha256(settings.dbt_manifest), "run_id": run_id, "device": challenger["device"],
         "fit_seconds": challenger["fit_seconds"],
     }
@@ -221,9 +225,35 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+GIT_UNTRACKED_DIRS = ("ml/specs", "specs", "dbt_project")  # where a new, not yet committed spec or model usually is
+
+
+def _git(repo_root: Path, *args: str) -> bytes | None:
+    """The output of `git args` in `repo_root`; None when git is missing, fails, or the folder is not a repository."""
+    try:
+        proc = subprocess.run(["git", *args], cwd=repo_root, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
+
+
 def git_commit(settings: Settings) -> str | None:
-    proc = subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.repo_root, capture_output=True, text=True)
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
+    out = _git(settings.repo_root, "rev-parse", "HEAD")
+    return out and out.decode().strip() or None
+
+
+def git_state(settings: Settings) -> dict:
+    """The commit, whether the tree differs from it (changed files, or untracked ones under GIT_UNTRACKED_DIRS),
+    the sha256 of `git diff HEAD`, and those untracked files; every value None where git cannot tell."""
+    commit = git_commit(settings)
+    diff = commit and _git(settings.repo_root, "diff", "HEAD", "--no-ext-diff", "--no-color")
+    listed = commit and _git(settings.repo_root, "ls-files", "--others", "--exclude-standard", "-z", "--",
+                             *GIT_UNTRACKED_DIRS)
+    if diff is None or listed is None:
+        return {"commit": commit, "dirty": None, "diff_sha256": None, "untracked": None}
+    untracked = sorted(name for name in listed.decode(errors="replace").split("\0") if name)
+    return {"commit": commit, "dirty": bool(diff or untracked),
+            "diff_sha256": hashlib.sha256(diff).hexdigest() if diff else None, "untracked": untracked}
 
 
 def _sha256(path: Path) -> str | None:

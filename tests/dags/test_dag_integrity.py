@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +21,10 @@ from ml.features.cosmos import ManifestMissing, require_manifest, warehouse_prof
 from ml.orchestration.airflow_setup import POOLS, WAREHOUSE_POOL
 
 DAGS_DIR = REPO_ROOT / "dags"
-DAG_IDS = {"bootstrap", "ingest_raw", "build_features", "train_model", "score_batch", "monitor_model"}
+# The served models of the shipped specs: each has its own train, score and monitor DAGs.
+MODELS = ("churn", "payment_default")
+MODEL_DAGS = ("train", "score", "monitor")
+DAG_IDS = {"bootstrap", "ingest_raw", "build_features", *(f"{kind}_{m}" for kind in MODEL_DAGS for m in MODELS)}
 HEAVY_MODULES = ("pandas", "numpy", "pyarrow", "duckdb", "psycopg", "torch", "lightgbm", "sklearn", "evidently")
 
 
@@ -45,7 +49,9 @@ def test_every_dag_imports_without_errors_or_unknown_pools(dagbag):
 @pytest.mark.parametrize("dag_id", sorted(DAG_IDS))
 def test_every_dag_is_documented_tagged_owned_and_retried(dagbag, dag_id):
     dag = dagbag.dags[dag_id]
-    assert dag.doc_md and dag.doc_md.lstrip().startswith(f"### {dag_id}")
+    kind = dag_id.split("_")[0]
+    title = f"### `{kind}_<model>`" if kind in MODEL_DAGS else f"### {dag_id}"
+    assert dag.doc_md and dag.doc_md.lstrip().startswith(title)
     assert "tidemark" in dag.tags
     assert dag.catchup is False
     assert dag.start_date.utcoffset().total_seconds() == 0
@@ -189,9 +195,21 @@ def test_build_features_leaves_out_the_public_data_sets(dagbag, manifest):
 
 
 def _simulator_nodes(nodes: dict) -> list[dict]:
-    """The manifest nodes that build_features renders: all but the public data sets (tag:public_data)
-    and the score marts that score_batch builds (tag:scores)."""
-    return [n for n in nodes.values() if not {"public_data", "scores"} & set(n["tags"])]
+    """The manifest nodes that build_features renders: the served models' feature and label relations and
+    every node upstream of them, with the tests on any of them."""
+    from ml.orchestration.served import loop_specs
+
+    manifest = json.loads(require_manifest(Settings.from_env()).read_text())
+    everything = {**manifest["nodes"], **manifest["sources"]}
+    by_name = {n["name"]: uid for uid, n in manifest["nodes"].items() if n["resource_type"] == "model"}
+    todo = [by_name[r] for spec in loop_specs(Settings.from_env()) for r in (spec.features.relation, spec.label_relation)]
+    selected: set[str] = set()
+    while todo:
+        uid = todo.pop()
+        if uid not in selected:
+            selected.add(uid)
+            todo.extend(everything[uid].get("depends_on", {}).get("nodes", []))
+    return [n for uid, n in nodes.items() if uid in selected]
 
 
 def test_features_are_published_only_after_every_dbt_task(dagbag):
@@ -199,7 +217,7 @@ def test_features_are_published_only_after_every_dbt_task(dagbag):
     publish = dag.get_task("publish_features")
     dbt_tasks = {t.task_id for t in dag.tasks if t.task_id.startswith("dbt.")}
     assert dbt_tasks <= publish.get_flat_relative_ids(upstream=True)
-    assert [o.name for o in publish.outlets] == ["features"]
+    assert [o.name for o in publish.outlets] == ["features.customer_features_daily"]
     assert [a.name for a in dag.timetable.asset_condition.objects] == ["raw"]
 
 
@@ -218,7 +236,7 @@ def test_a_missing_manifest_says_to_run_make_install(tmp_path):
 def test_train_model_maps_one_task_per_candidate_and_routes_pytorch_to_the_gpu_pool(dagbag):
     from ml.core.spec import load_spec
 
-    dag = dagbag.dags["train_model"]
+    dag = dagbag.dags["train_churn"]
     spec = load_spec("churn")
     cpu, gpu = dag.get_task("train_cpu"), dag.get_task("train_gpu")
     assert cpu.op_kwargs_expand_input.value["candidate"] == [c.name for c in spec.candidates if c.kind != "torch_mlp"]
@@ -229,9 +247,9 @@ def test_train_model_maps_one_task_per_candidate_and_routes_pytorch_to_the_gpu_p
     for upstream, downstream in zip(chain, chain[1:]):
         assert upstream in dag.get_task(downstream).upstream_task_ids
     assert {"train_cpu", "train_gpu"} <= dag.get_task("evaluate").upstream_task_ids
-    assert [o.name for o in dag.get_task("publish_champion").outlets] == ["champion"]
+    assert [o.name for o in dag.get_task("publish_champion").outlets] == ["champion.churn"]
     # weekly, and also whenever retraining is requested
-    assert "retrain_requested" in str(dag.timetable.asset_condition)
+    assert "retrain_requested.churn" in str(dag.timetable.asset_condition)
     assert dag.timetable.timetable.expression == "0 0 * * 0"  # @weekly
 
 
@@ -253,21 +271,22 @@ def test_assets_chain_raw_features_predictions_monitoring_retrain_champion(dagba
                 producers.setdefault(outlet.name, set()).add(dag_id)
     consumers = {dag_id: _scheduling_assets(getattr(dag.timetable, "asset_condition", None))
                  for dag_id, dag in dagbag.dags.items()}
+    features = "features.customer_features_daily"
     assert producers == {
         "raw": {"ingest_raw"},
-        "features": {"build_features"},
-        "predictions": {"score_batch"},
-        "monitoring": {"monitor_model"},
-        "retrain_requested": {"monitor_model"},
-        "champion": {"train_model"},
+        features: {"build_features"},
+        **{f"predictions.{m}": {f"score_{m}"} for m in MODELS},
+        **{f"monitoring.{m}": {f"monitor_{m}"} for m in MODELS},
+        **{f"retrain_requested.{m}": {f"monitor_{m}"} for m in MODELS},
+        **{f"champion.{m}": {f"train_{m}"} for m in MODELS},
     }
     assert consumers == {
         "bootstrap": set(),
         "ingest_raw": set(),
         "build_features": {"raw"},
-        "score_batch": {"features"},
-        "monitor_model": {"predictions"},
-        "train_model": {"retrain_requested"},
+        **{f"score_{m}": {features} for m in MODELS},
+        **{f"monitor_{m}": {f"predictions.{m}"} for m in MODELS},
+        **{f"train_{m}": {f"retrain_requested.{m}"} for m in MODELS},
     }
 
 
@@ -276,6 +295,23 @@ def test_later_stages_take_a_free_warehouse_slot_first(dagbag):
     builds' dbt tasks, so the clock keeps its pace and a build covers every day landed since the last."""
     weights = {dag_id: {(t.priority_weight, str(t.weight_rule)) for t in dag.tasks} for dag_id, dag in dagbag.dags.items()}
     assert all(len(w) == 1 and next(iter(w))[1] == "absolute" for w in weights.values()), weights
-    order = ["build_features", "ingest_raw", "score_batch", "monitor_model", "train_model", "bootstrap"]
-    ranked = [next(iter(weights[dag_id]))[0] for dag_id in order]
-    assert ranked == sorted(set(ranked)), dict(zip(order, ranked))
+    for model in MODELS:
+        order = ["build_features", "ingest_raw", f"score_{model}", f"monitor_{model}", f"train_{model}", "bootstrap"]
+        ranked = [next(iter(weights[dag_id]))[0] for dag_id in order]
+        assert ranked == sorted(set(ranked)), dict(zip(order, ranked))
+
+
+def test_a_broken_served_spec_is_an_import_error_of_its_own_dags_only(tmp_path, monkeypatch):
+    """A user's spec that does not load stops its own model's DAGs, named in the import error; every other model
+    keeps its DAGs."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "upsell.yaml").write_text("name: upsell\nserved: true\nentity_key: customer_id\n")
+    monkeypatch.setenv("TIDEMARK_SPECS_DIR", str(folder))
+    bag = DagBag(dag_folder=str(DAGS_DIR), known_pools={"default_pool", *POOLS})
+    assert sorted(Path(f).name for f in bag.import_errors) == ["monitor_model.py", "score_batch.py", "train_model.py"]
+    for error in bag.import_errors.values():
+        assert "served model(s) 'upsell' have no DAGs" in error and "candidates: Field required" in error
+    assert set(bag.dag_ids) == DAG_IDS

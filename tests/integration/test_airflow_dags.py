@@ -103,7 +103,7 @@ def test_ingest_then_build_features_lands_raw_builds_marts_and_emits_the_assets(
     assert build.state == "success", {t: s for t, s in states.items() if s != "success"}
     assert set(states) == set(dags["build_features"].task_ids)
     assert set(states.values()) == {"success"}
-    assert _asset_events("features", build.run_id) == [BACKFILL]
+    assert _asset_events("features.customer_features_daily", build.run_id) == [BACKFILL]
 
     as_of_days = _scalar(
         airflow_settings,
@@ -137,7 +137,7 @@ def test_a_bad_raw_row_stops_the_build_at_its_source_test_and_publishes_nothing(
     assert states["dbt.customer_features_daily.run"] == "upstream_failed"
     assert states["publish_features"] == "upstream_failed"
     assert _feature_rows(airflow_settings, BAD_DAYS) == 0
-    assert _asset_events("features", build.run_id) == []
+    assert _asset_events("features.customer_features_daily", build.run_id) == []
     assert "Failure in test source_unique_simulator_customers_customer_id" in caplog.text
 
 
@@ -246,7 +246,7 @@ def test_a_build_asked_past_the_loaded_watermark_is_refused_naming_the_days_and_
     assert build.state == "failed"
     assert states["resolve_interval"] == "failed"
     assert not {t for t, s in states.items() if s in ("success", "failed", "running")} - {"resolve_interval"}, states
-    assert _asset_events("features", build.run_id) == []
+    assert _asset_events("features.customer_features_daily", build.run_id) == []
     assert _feature_rows(airflow_settings, {"start": "2025-02-17", "end": "2026-12-31"}) == 0
     assert ("refusing to build features for 2025-02-15..2025-02-20: 2025-02-17..2025-02-20 are after the loaded "
             "watermark 2025-02-16") in "".join(capfd.readouterr())  # the task's log, written by Airflow

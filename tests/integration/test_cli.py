@@ -71,6 +71,69 @@ def test_promoting_a_version_that_does_not_exist_is_refused_and_changes_nothing(
     assert registry_env.alias("churn").version == "v0003"
 
 
+@pytest.fixture
+def gated_registry(tmp_path, monkeypatch):
+    """A registry holding v0001, promoted by the gate, and v0002, rejected by it."""
+    from ml.registry import promotion
+
+    monkeypatch.setenv("TIDEMARK_HOME", str(tmp_path))
+    monkeypatch.delenv("TIDEMARK_REGISTRY_URI", raising=False)
+    registry = Registry.from_uri((tmp_path / "registry").as_uri())
+    gates = (("promoted", ["no champion yet: the first model is promoted", "pass: roc_auc 0.7400 >= floor 0.7000"]),
+             ("rejected", ["pass: scores span 0.02..0.97", "FAIL: roc_auc 0.6900 < floor 0.7000",
+                           "FAIL: ece 0.0900 > 0.0500"]))
+    for i, (verdict, reasons) in enumerate(gates):
+        source = tmp_path / f"src-{i}"
+        source.mkdir()
+        (source / "model.json").write_text(json.dumps({"kind": "logistic", "i": i}))
+        version = registry.publish("churn", source, {"candidate": "logistic", "metrics": {"roc_auc": 0.74 - i / 20}})
+        before, promote = registry.alias("churn").version, verdict == "promoted"
+        decision = {"decision": verdict, "reasons": reasons, "champion_before": before,
+                    "champion_after": version.version if promote else before}
+        promotion.begin(registry, "churn", version.version, decision, promote=promote, expected=before,
+                        actor="train_model", reason="gate", row={})
+        promotion.finish(registry, "churn", version.version, lambda row: None)
+    return registry
+
+
+def test_list_shows_each_versions_gate_decision_and_first_failing_reason(gated_registry):
+    listed = CliRunner().invoke(app, ["registry", "list", "churn"])
+    assert listed.exit_code == 0, listed.output
+    assert "gate decisions of churn" in listed.output
+    promoted, rejected = _line_with(listed.output, "│ v0001 "), _line_with(listed.output, "│ v0002 ")
+    assert "promoted" in promoted and "FAIL" not in promoted and "roc_auc" not in promoted
+    assert "rejected" in rejected and "roc_auc 0.6900 < floor 0.7000" in rejected and "ece" not in rejected
+    assert gated_registry.alias("churn").version == "v0001"
+
+
+def test_list_says_when_no_decision_was_recorded(registry_env):
+    listed = CliRunner().invoke(app, ["registry", "list", "churn"])
+    assert listed.exit_code == 0, listed.output
+    assert "none recorded" in _line_with(listed.output, "│ v0003 ")
+
+
+def test_train_names_the_challenger_and_marks_its_row(empty_home, monkeypatch):
+    import ml.training.steps
+
+    def board(candidate: str, val: float) -> dict:
+        test = {"roc_auc": val - 0.01, "pr_auc": 0.5, "brier": 0.1, "ece": 0.02}
+        return {"candidate": candidate, "device": "cpu", "fit_seconds": 1.5, "validation": {"roc_auc": val},
+                "test": test}
+
+    leaderboard = [board("lightgbm", 0.8123), board("logistic", 0.7911)]
+    outcome = {"version": "v0001", "decision": "promoted", "champion_before": None, "champion_after": "v0001",
+               "reasons": ["pass: roc_auc 0.8023 >= floor 0.7000"]}
+    monkeypatch.setattr(ml.training.steps, "train", lambda *args, **kwargs: {
+        "evaluation": {"leaderboard": leaderboard, "challenger": leaderboard[0]}, "outcome": outcome})
+    monkeypatch.setenv("COLUMNS", "200")
+    result = CliRunner().invoke(app, ["train", "--spec", "churn"])
+    assert result.exit_code == 0, result.output
+    assert "challenger: lightgbm (best validation roc_auc 0.8123)" in result.output
+    assert "│ lightgbm * " in _line_with(result.output, "│ lightgbm")
+    assert "│ logistic " in _line_with(result.output, "│ logistic") and "*" not in _line_with(result.output, "0.7911")
+    assert "* the challenger: best validation roc_auc" in result.output
+
+
 # -- errors ---------------------------------------------------------------------------------------
 @pytest.fixture
 def empty_home(tmp_path, monkeypatch):
@@ -341,3 +404,11 @@ def test_a_usage_error_keeps_the_brackets_of_the_value(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     shown = " ".join(result.stderr.replace("│", " ").split())
     assert "Invalid value for --date: '[bold]x[/bold]' is not a date" in shown
+
+
+def test_the_demo_ui_says_to_run_the_demo_first_and_starts_nothing(tmp_path):
+    result = _cli(tmp_path, "airflow", "start", "--demo")
+    _short_error(result, "no demo has run here yet", "run `make demo` first")
+    assert not (tmp_path / "demo" / "airflow" / "service").exists()
+    status = _cli(tmp_path, "airflow", "status", "--demo")
+    assert status.returncode == 1 and "no Airflow started" in status.stdout + status.stderr

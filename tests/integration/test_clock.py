@@ -107,7 +107,7 @@ def test_the_bootstrap_lands_the_history_once(home):
 def test_scoring_skips_before_the_first_champion(home, capfd):
     land(home, WORLD, HISTORY)
     with parsed_dags(home, file="score_batch.py") as dags:
-        run = dags["score_batch"].test(run_conf=HISTORY)
+        run = dags["score_churn"].test(run_conf=HISTORY)
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert run.state == "success" and states["resolve_interval"] == "skipped"
     assert {s for t, s in states.items() if t != "resolve_interval"} <= {"skipped"}, states
@@ -116,7 +116,7 @@ def test_scoring_skips_before_the_first_champion(home, capfd):
 
 def test_scheduled_training_skips_before_any_feature(home, capfd):
     with parsed_dags(home, file="train_model.py") as dags:
-        run = dags["train_model"].test()
+        run = dags["train_churn"].test()
     states = _states(run)
     assert run.state == "success" and states["extract"] == "skipped", states
     assert "holds no features yet" in "".join(capfd.readouterr())

@@ -331,14 +331,14 @@ def loop_dags(world, airflow_settings):
 
 def test_drift_requests_one_retrain_the_cooldown_holds_and_the_gate_decides(world, loop_dags):
     settings = world["settings"]
-    scored = loop_dags["score_batch"].test(run_conf=_interval(LOOP_SCORED))
+    scored = loop_dags["score_churn"].test(run_conf=_interval(LOOP_SCORED))
     assert scored.state == "success", _states(scored)
 
-    first = loop_dags["monitor_model"].test(run_conf=_interval(LOOP_FIRST))
+    first = loop_dags["monitor_churn"].test(run_conf=_interval(LOOP_FIRST))
     states = _states(first)
     assert first.state == "success", states
     assert states["request_retrain"] == "success"
-    [request] = _events("retrain_requested", first.run_id)
+    [request] = _events("retrain_requested.churn", first.run_id)
     assert _returned(first.run_id, "decide_retrain") == {"request": request}
     assert request["reason"] == "drift" and request["model"] == "churn"
     # two drifted days in a row, the first of them on or after the drift event
@@ -348,16 +348,16 @@ def test_drift_requests_one_retrain_the_cooldown_holds_and_the_gate_decides(worl
     with Warehouse.connect(settings, read_only=True) as wh:
         assert wh.scalar("select count(*) from ml.retrain_requests") == 1
 
-    later = loop_dags["monitor_model"].test(run_conf=_interval(LOOP_LATER))
+    later = loop_dags["monitor_churn"].test(run_conf=_interval(LOOP_LATER))
     states = _states(later)
     assert later.state == "success", states
     assert states["check_drift"] == "success" and states["request_retrain"] == "skipped"
     assert _returned(later.run_id, "decide_retrain") == {"request": None}  # a quiet interval still answers
-    assert _events("retrain_requested", later.run_id) == []
+    assert _events("retrain_requested.churn", later.run_id) == []
     history = drift_history(settings, "churn", until=LOOP_LATER[1], days=4)
     assert [r["dataset_drift"] for r in history] == [True] * 4  # still drifting: only the cooldown held it
 
-    retrain = loop_dags["train_model"].test(run_conf={"as_of": request["as_of"]})
+    retrain = loop_dags["train_churn"].test(run_conf={"as_of": request["as_of"]})
     assert retrain.state == "success", _states(retrain)
     with Warehouse.connect(settings, read_only=True) as wh:
         rows = wh.read_arrow("select candidate_version, decision, champion_version, reasons "

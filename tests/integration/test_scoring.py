@@ -68,7 +68,7 @@ def world(tmp_path_factory, airflow_settings):
     outcome = train(spec, settings, as_of=SIM.end, run_id="champion", actor="test")["outcome"]
     assert outcome["champion_after"] == "v0001", outcome
     with parsed_dags(settings, spec_path, file="score_batch.py") as dags:
-        yield {"settings": settings, "spec": spec, "spec_path": spec_path, "dag": dags["score_batch"]}
+        yield {"settings": settings, "spec": spec, "spec_path": spec_path, "dag": dags["score_churn"]}
 
 
 @pytest.fixture(scope="module")
@@ -287,9 +287,9 @@ def _asset_events(asset: str, run_id: str) -> list[dict]:
 
 def test_score_batch_dag_scores_publishes_and_builds_the_latest_scores_mart(world):
     settings, dag = world["settings"], world["dag"]
-    assert [a.name for a in dag.timetable.asset_condition.objects] == ["features"]
+    assert [a.name for a in dag.timetable.asset_condition.objects] == ["features.customer_features_daily"]
     publish = dag.get_task("publish")
-    assert [o.name for o in publish.outlets] == ["predictions"]
+    assert [o.name for o in publish.outlets] == ["predictions.churn"]
     assert {dag.get_task(t).pool for t in ("score_shard", "publish", "refresh_scores_mart")} == {"warehouse"}
     start, end = SIM.end - timedelta(days=1), SIM.end
 
@@ -298,7 +298,7 @@ def test_score_batch_dag_scores_publishes_and_builds_the_latest_scores_mart(worl
               for ti in run.get_task_instances()}
     assert run.state == "success", states
     assert set(states) == {"resolve_interval", "score_shard[0]", "score_shard[1]", "publish", "refresh_scores_mart"}
-    assert _asset_events("predictions", run.run_id) == [
+    assert _asset_events("predictions.churn", run.run_id) == [
         {"start": start.isoformat(), "end": end.isoformat(), "model": "churn", "version": "v0001"}]
     for day in (start, end):
         got = _partition(settings, day)
@@ -355,7 +355,7 @@ def test_scoring_a_day_after_the_features_watermark_is_refused_and_writes_nothin
     states = {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
     assert run.state == "failed" and states["resolve_interval"] == "failed", states
     assert not run_folder(settings, run.run_id).exists()
-    assert _asset_events("predictions", run.run_id) == []
+    assert _asset_events("predictions.churn", run.run_id) == []
     after = _read(settings, "select as_of_date, count(*) as n, max(scored_at) as at from ml.predictions "
                             "group by 1 order by 1") if _has_predictions(settings) else []
     assert after == before
@@ -368,7 +368,7 @@ def test_a_score_batch_run_with_no_conf_scores_the_features_watermark_day(world)
               for ti in run.get_task_instances()}
     assert run.state == "success", states
     day = SIM.end.isoformat()
-    assert _asset_events("predictions", run.run_id) == [{"start": day, "end": day, "model": "churn",
+    assert _asset_events("predictions.churn", run.run_id) == [{"start": day, "end": day, "model": "churn",
                                                          "version": "v0001"}]
     got = _partition(settings, SIM.end)
     assert got["rows"] == got["features"] > 300 and got["unmatched"] == 0

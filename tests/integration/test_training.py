@@ -53,7 +53,7 @@ def world(tmp_path_factory, airflow_settings):
     spec_path = home / "churn_test.yaml"
     _test_spec(spec_path)
     with parsed_dags(settings, spec_path, file="train_model.py") as dags:
-        yield {"settings": settings, "dag": dags["train_model"], "spec": load_spec(spec_path)}
+        yield {"settings": settings, "dag": dags["train_churn"], "spec": load_spec(spec_path)}
 
 
 def _states(run) -> dict[str, str]:
@@ -73,7 +73,7 @@ def _champion_events(run_id: str) -> list[dict]:
 
     with create_session() as session:
         query = (select(AssetEvent.extra).join(AssetModel, AssetModel.id == AssetEvent.asset_id)
-                 .where(AssetModel.name == "champion", AssetEvent.source_run_id == run_id))
+                 .where(AssetModel.name == "champion.churn", AssetEvent.source_run_id == run_id))
         return list(session.scalars(query))
 
 

@@ -81,3 +81,36 @@ def test_decay_fires_when_the_mean_of_matured_days_falls_below_the_tolerance(duc
 def test_decay_ignores_the_realized_metric_of_another_version(duckdb_settings):
     _performance(duckdb_settings, date(2025, 2, 1), [0.55, 0.55, 0.55], version="v0000")
     assert _check(duckdb_settings, date(2025, 3, 5), champion_metric=0.70) is None
+
+
+def test_on_a_weekly_grid_two_drifted_grid_dates_in_a_row_ask_and_decay_reads_a_window_of_weeks(duckdb_settings):
+    """Grid dates a week apart are in a row; counted in calendar days, no two of them ever were."""
+    weeks = [D0 + timedelta(weeks=i) for i in range(4)]
+    rows = [{"model_name": "churn", "model_version": "v0001", "as_of_date": d, "column_name": DATASET_ROW,
+             "drift_share": 0.15 if f else 0.05, "dataset_drift": f, "threshold": 0.1, "checked_at": datetime(2025, 1, 1)}
+            for d, f in zip(weeks, [False, True, False, True])]
+    with Warehouse.connect(duckdb_settings) as wh:
+        wh.ensure_table(DRIFT_METRICS, DRIFT_SCHEMA)
+        wh.replace_partitions("model_name", "churn", {DRIFT_METRICS: pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA)})
+    weekly = {"champion_version": "v0001", "champion_metric": None, "step_days": 7}
+    assert check_triggers(SPEC, duckdb_settings, weeks[3], **weekly) is None  # the week before did not drift
+    rows[2].update(drift_share=0.2, dataset_drift=True)
+    with Warehouse.connect(duckdb_settings) as wh:
+        wh.replace_partitions("model_name", "churn", {DRIFT_METRICS: pa.Table.from_pylist(rows, schema=DRIFT_SCHEMA)})
+    assert check_triggers(SPEC, duckdb_settings, weeks[3], champion_version="v0001", champion_metric=None) is None
+    request = check_triggers(SPEC, duckdb_settings, weeks[3], **weekly)
+    assert request["reason"] == "drift"
+    assert request["detail"]["drift_share"] == {str(weeks[2]): 0.2, str(weeks[3]): 0.15}
+
+    # realized ROC-AUC of three weekly label dates, well below the champion's: decay over a window of weeks
+    perf = [{"model_name": "pd", "model_version": "v0001", "as_of_date": date(2025, 1, 6) + timedelta(weeks=i),
+             "rows": 1500, "positives": 90, "roc_auc": 0.6, "pr_auc": 0.2, "brier": 0.06,
+             "computed_at": datetime(2025, 1, 1)} for i in range(3)]
+    spec = SPEC.model_copy(update={"name": "pd"})
+    with Warehouse.connect(duckdb_settings) as wh:
+        wh.ensure_table(MODEL_PERFORMANCE, PERFORMANCE_SCHEMA)
+        wh.replace_partitions("model_name", "pd", {MODEL_PERFORMANCE: pa.Table.from_pylist(perf, schema=PERFORMANCE_SCHEMA)})
+    day = date(2025, 1, 20) + timedelta(days=SPEC.label.horizon_days)
+    assert check_triggers(spec, duckdb_settings, day, champion_version="v0001", champion_metric=0.7) is None
+    decay = check_triggers(spec, duckdb_settings, day, champion_version="v0001", champion_metric=0.7, step_days=7)
+    assert decay["reason"] == "decay" and decay["detail"]["label_dates"] == 3

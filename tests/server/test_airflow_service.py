@@ -35,7 +35,7 @@ from ml.core.spec import load_spec
 from ml.features.dbt import run_dbt
 from ml.ingest.load import load_days
 from ml.registry import Registry
-from tests.fixtures import create_database, drop_database
+from tests.fixtures import create_database, drop_database, served_spec_env
 from tests.integration.test_training import HORIZON, SIM, _test_spec
 from tests.s3 import DUMMY_AWS_ENV
 from tests.server.faults import (
@@ -57,7 +57,8 @@ CHROMIUM = Path(os.environ.get("TIDEMARK_CHROMIUM", "/usr/bin/chromium"))
 SCREENSHOTS = REPO_ROOT / "var" / "screenshots"
 BROKER_DB = 9  # a Redis database of its own, emptied before the workers start
 AS_OF = SIM.start + timedelta(days=SIM.days - 1)
-DAG_IDS = {"bootstrap", "ingest_raw", "build_features", "train_model", "score_batch", "monitor_model"}
+# The service serves the test's churn spec alone (tests.fixtures.served_spec_env).
+DAG_IDS = {"bootstrap", "ingest_raw", "build_features", "train_churn", "score_churn", "monitor_churn"}
 SHARDS = 2
 SCORED_DAYS = 30
 PUBLISH_PAUSE_S = 2  # every publish waits this long inside its transaction, where the fault tests strike
@@ -126,7 +127,7 @@ def service(tmp_path_factory, s3_server):
         "TIDEMARK_WAREHOUSE_URL": f"postgresql://postgres@127.0.0.1:5432/{warehouse_db}",
         "TIDEMARK_REGISTRY_URI": f"s3://{bucket}/models",
         "TIDEMARK_S3_ENDPOINT_URL": s3_server,
-        "TIDEMARK_MODEL_SPEC": str(spec_path),
+        **served_spec_env(spec_path, home),
         "TIDEMARK_AIRFLOW_PASSWORD": password,
         "TIDEMARK_TEST_PAUSE_IN_PUBLISH": str(PUBLISH_PAUSE_S),
         "TIDEMARK_SIM_DAY_SECONDS": "10",
@@ -168,16 +169,19 @@ def test_rest_api_lists_every_dag_documented_owned_and_no_import_errors(service)
         assert dag["owners"] == ["tidemark"], dag_id
         assert "tidemark" in {t["name"] for t in dag["tags"]}, dag_id
         details = service.call("GET", f"/api/v2/dags/{dag_id}/details")
-        assert details["doc_md"].lstrip().startswith(f"### {dag_id}"), dag_id
+        kind = dag_id.split("_")[0]
+        title = f"### `{kind}_<model>`" if kind in ("train", "score", "monitor") else f"### {dag_id}"
+        assert details["doc_md"].lstrip().startswith(title), dag_id
 
 
 def test_asset_graph_reads_raw_features_predictions_monitoring_retrain_champion(service):
     assets = {a["name"]: a for a in service.call("GET", "/api/v2/assets?limit=100")["assets"]}
     producers = {name: {t["dag_id"] for t in a["producing_tasks"]} for name, a in assets.items()}
     consumers = {name: {d["dag_id"] for d in a["scheduled_dags"]} for name, a in assets.items()}
-    chain = [("raw", "ingest_raw", {"build_features"}), ("features", "build_features", {"score_batch"}),
-             ("predictions", "score_batch", {"monitor_model"}), ("monitoring", "monitor_model", set()),
-             ("retrain_requested", "monitor_model", {"train_model"}), ("champion", "train_model", set())]
+    chain = [("raw", "ingest_raw", {"build_features"}),
+             ("features.customer_features_daily", "build_features", {"score_churn"}),
+             ("predictions.churn", "score_churn", {"monitor_churn"}), ("monitoring.churn", "monitor_churn", set()),
+             ("retrain_requested.churn", "monitor_churn", {"train_churn"}), ("champion.churn", "train_churn", set())]
     for name, producer, scheduled in chain:
         assert producers[name] == {producer}, name
         assert consumers[name] == scheduled, name
@@ -206,18 +210,18 @@ def _retried_once(service: Service, dag_id: str, run_id: str, struck: set[str]) 
 
 
 def test_training_runs_on_celery_with_the_pytorch_candidate_on_the_gpu_worker_through_a_killed_task(service):
-    service.call("PATCH", "/api/v2/dags/train_model", {"is_paused": False})
-    run = service.call("POST", "/api/v2/dags/train_model/dagRuns",
+    service.call("PATCH", "/api/v2/dags/train_churn", {"is_paused": False})
+    run = service.call("POST", "/api/v2/dags/train_churn/dagRuns",
                        {"logical_date": None, "conf": {"as_of": AS_OF.isoformat()}})
     # A CPU candidate's task process is SIGKILLed once its search has fitted a trial; Airflow retries it.
     spec = load_spec(service.settings.home / "churn_test.yaml")
     index, searched = next((i, c.name) for i, c in enumerate(c for c in spec.candidates if not c.uses_gpu) if c.search)
-    log = attempt_log(service.settings.airflow_home, "train_model", run["dag_run_id"], "train_cpu", index, 1)
-    kill_task_when(service.call, "train_model", run["dag_run_id"], f"train_cpu[{index}]",
+    log = attempt_log(service.settings.airflow_home, "train_churn", run["dag_run_id"], "train_cpu", index, 1)
+    kill_task_when(service.call, "train_churn", run["dag_run_id"], f"train_cpu[{index}]",
                    lambda proc: logged(log, f"search {searched} trial 0:"))
-    run, tis = _retried_once(service, "train_model", run["dag_run_id"], {f"train_cpu[{index}]"})
+    run, tis = _retried_once(service, "train_churn", run["dag_run_id"], {f"train_cpu[{index}]"})
     # Unpausing did not also start a run for the last weekly slot: the DAG waits for the next one.
-    runs = service.call("GET", "/api/v2/dags/train_model/dagRuns")["dag_runs"]
+    runs = service.call("GET", "/api/v2/dags/train_churn/dagRuns")["dag_runs"]
     assert [r["run_type"] for r in runs] == ["manual"], [(r["dag_run_id"], r["run_type"], r["state"]) for r in runs]
 
     fitted = {}
@@ -225,7 +229,7 @@ def test_training_runs_on_celery_with_the_pytorch_candidate_on_the_gpu_worker_th
         if ti["task_id"] not in ("train_cpu", "train_gpu"):
             continue
         xcom = service.call(
-            "GET", f"/api/v2/dags/train_model/dagRuns/{run['dag_run_id']}/taskInstances/{ti['task_id']}"
+            "GET", f"/api/v2/dags/train_churn/dagRuns/{run['dag_run_id']}/taskInstances/{ti['task_id']}"
                    f"/xcomEntries/return_value?map_index={ti['map_index']}&deserialize=true")
         value = xcom["value"] if isinstance(xcom["value"], dict) else json.loads(xcom["value"])
         fitted[value["candidate"]] = {"task": ti["task_id"], "queue": ti["queue"], "worker": value["worker"],
@@ -266,7 +270,7 @@ def test_ui_in_headless_chromium_logs_in_and_shows_the_dags_a_graph_and_the_asse
                 page.get_by_text(dag_id, exact=True).first.wait_for(timeout=30_000)
             page.screenshot(path=str(SCREENSHOTS / "dag_list.png"), full_page=True)
 
-            page.goto(f"{service.url}/dags/train_model", wait_until="networkidle")
+            page.goto(f"{service.url}/dags/train_churn", wait_until="networkidle")
             page.get_by_role("button", name="Show Graph").click()
             graph = page.locator(".react-flow")
             graph.wait_for(timeout=30_000)
@@ -277,12 +281,13 @@ def test_ui_in_headless_chromium_logs_in_and_shows_the_dags_a_graph_and_the_asse
 
             # The lineage of one asset shows the whole chain, DAGs and assets alternating.
             assets = service.call("GET", "/api/v2/assets?limit=100")["assets"]
-            predictions = next(a["id"] for a in assets if a["name"] == "predictions")
+            predictions = next(a["id"] for a in assets if a["name"] == "predictions.churn")
             page.goto(f"{service.url}/assets/{predictions}", wait_until="networkidle")
             lineage = page.locator(".react-flow")
             lineage.wait_for(timeout=30_000)
-            for node in ("ingest_raw", "raw", "build_features", "features", "score_batch", "monitor_model",
-                         "monitoring", "retrain_requested", "train_model", "champion"):
+            for node in ("ingest_raw", "raw", "build_features", "features.customer_features_daily", "score_churn",
+                         "monitor_churn", "monitoring.churn", "retrain_requested.churn", "train_churn",
+                         "champion.churn"):
                 lineage.get_by_text(node, exact=True).first.wait_for(timeout=30_000)
             page.wait_for_load_state("networkidle")
             page.screenshot(path=str(SCREENSHOTS / "asset_graph.png"), full_page=True)
@@ -310,27 +315,27 @@ def test_scoring_runs_finish_exactly_once_through_a_killed_shard_a_terminated_an
 
     # Run 1: shard 0's process dies after its first day's file; the publish's backend is terminated inside
     # its transaction.
-    service.call("PATCH", "/api/v2/dags/score_batch", {"is_paused": False})
-    run_id = service.call("POST", "/api/v2/dags/score_batch/dagRuns", {"logical_date": None, "conf": conf})
+    service.call("PATCH", "/api/v2/dags/score_churn", {"is_paused": False})
+    run_id = service.call("POST", "/api/v2/dags/score_churn/dagRuns", {"logical_date": None, "conf": conf})
     run_id = run_id["dag_run_id"]
-    shard_log = attempt_log(home, "score_batch", run_id, "score_shard", 0, 1)
-    kill_task_when(service.call, "score_batch", run_id, "score_shard[0]",
+    shard_log = attempt_log(home, "score_churn", run_id, "score_shard", 0, 1)
+    kill_task_when(service.call, "score_churn", run_id, "score_shard[0]",
                    lambda proc: logged(shard_log, f"scored {start.isoformat()} shard 0/"))
-    publish = running(service.call, "score_batch", run_id, "publish[-1]")
+    publish = running(service.call, "score_churn", run_id, "publish[-1]")
     proc = poll("the publish process", lambda: task_process(publish["id"]), 60)
     assert terminate_backend(database, poll("the publish transaction", lambda: publishing(proc), 120)["pid"])
-    _retried_once(service, "score_batch", run_id, {"score_shard[0]", "publish[-1]"})
+    _retried_once(service, "score_churn", run_id, {"score_shard[0]", "publish[-1]"})
     scored, distinct, expected = predictions_per_day(service.settings, start, end)
     assert len(expected) == SCORED_DAYS and scored == distinct == expected, (scored, distinct, expected)
 
     # Run 2 rescores the same days; its publish process is SIGKILLed inside the transaction.
-    run_id = service.call("POST", "/api/v2/dags/score_batch/dagRuns", {"logical_date": None, "conf": conf})
+    run_id = service.call("POST", "/api/v2/dags/score_churn/dagRuns", {"logical_date": None, "conf": conf})
     run_id = run_id["dag_run_id"]
-    kill_task_when(service.call, "score_batch", run_id, "publish[-1]", publishing)
-    _retried_once(service, "score_batch", run_id, {"publish[-1]"})
+    kill_task_when(service.call, "score_churn", run_id, "publish[-1]", publishing)
+    _retried_once(service, "score_churn", run_id, {"publish[-1]"})
     scored, distinct, expected = predictions_per_day(service.settings, start, end)
     assert scored == distinct == expected, (scored, distinct, expected)
-    plan = service.call("GET", f"/api/v2/dags/score_batch/dagRuns/{run_id}/taskInstances/resolve_interval"
+    plan = service.call("GET", f"/api/v2/dags/score_churn/dagRuns/{run_id}/taskInstances/resolve_interval"
                                "/xcomEntries/return_value?deserialize=true")["value"]
     plan = plan if isinstance(plan, dict) else json.loads(plan)
     with psycopg.connect(service.settings.warehouse.dsn()) as conn:
@@ -350,7 +355,7 @@ def test_the_clock_moves_the_next_day_through_features_and_scores_on_celery(serv
                                  "drift_date": "none"})
     start_clock(service.settings)
     day = SIM.start + timedelta(days=SIM.days)  # the first day after the loaded history
-    for dag_id in ("ingest_raw", "build_features", "score_batch"):
+    for dag_id in ("ingest_raw", "build_features", "score_churn"):
         service.call("PATCH", f"/api/v2/dags/{dag_id}", {"is_paused": False})
 
     def scored() -> bool:

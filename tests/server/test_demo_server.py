@@ -99,7 +99,7 @@ def test_it_says_what_it_reset_and_keeps_what_is_not_the_demos(run, database, bu
 
 
 def test_drift_asks_for_a_retrain_and_the_gate_decides(run):
-    summary = run["summary"]
+    summary = run["summary"]["models"]["churn"]
     first, retrain = summary["promotions"]
     assert (first["version"], first["date"], first["decision"], first["against"]) == \
         ("v0001", str(FIRST_TRAIN_AS_OF), "promoted", None)
@@ -122,19 +122,34 @@ def test_drift_asks_for_a_retrain_and_the_gate_decides(run):
     assert {r["model_version"] for r in summary["timeline"]} == {"v0001"}
 
 
+def test_the_payment_default_model_is_trained_gated_scored_and_watched_beside_churn(run):
+    models = run["summary"]["models"]
+    assert list(models) == ["churn", "payment_default"]
+    found = models["payment_default"]
+    first = found["promotions"][0]
+    assert (first["version"], first["date"], first["against"]) == ("v0001", str(FIRST_TRAIN_AS_OF), None)
+    assert first["reasons"] and first["test_metrics"]["roc_auc"] is not None
+    if first["decision"] == "promoted":  # then its champion scored and was watched every day, as churn's was
+        days = (UNTIL - FIRST_TRAIN_AS_OF).days
+        assert len(found["timeline"]) == days and found["prediction_rows"] > 1_000 * days
+        assert all(r["drift_share"] is not None for r in found["timeline"])
+
+
 def test_every_active_customer_is_scored_into_postgres(run, database):
-    summary = run["summary"]
+    summary = run["summary"]["models"]["churn"]
     days = (UNTIL - FIRST_TRAIN_AS_OF).days
-    assert summary["warehouse"] == f"postgresql://postgres@127.0.0.1:5432/{database}"
+    assert run["summary"]["warehouse"] == f"postgresql://postgres@127.0.0.1:5432/{database}"
     assert len(summary["timeline"]) == days
+    churn = "model_name = 'churn'"
     with _pg(database) as con:
-        scored = dict(con.execute("select as_of_date, count(*) from ml.predictions group by 1").fetchall())
+        scored = dict(con.execute(f"select as_of_date, count(*) from ml.predictions where {churn} "
+                                  "group by 1").fetchall())
         active = dict(con.execute("select as_of_date, count(*) from marts.customer_features_daily "
                                   "where as_of_date > %s group by 1", (FIRST_TRAIN_AS_OF,)).fetchall())
-        counts = {t: con.execute(f"select count(*) from ml.{t}").fetchone()[0]
+        counts = {t: con.execute(f"select count(*) from ml.{t} where {churn}").fetchone()[0]
                   for t in ("drift_metrics", "retrain_requests", "model_promotions")}
-        dataset_rows = con.execute("select count(*) from ml.drift_metrics "
-                                   "where column_name = '__dataset__'").fetchone()[0]
+        dataset_rows = con.execute(f"select count(*) from ml.drift_metrics where {churn} "
+                                   "and column_name = '__dataset__'").fetchone()[0]
         schemas = {r[0] for r in con.execute("select schema_name from information_schema.schemata")}
     assert scored == active and len(scored) == days
     assert sum(scored.values()) == summary["prediction_rows"] > 1_000 * days
@@ -148,11 +163,11 @@ def test_the_registry_lives_in_the_bucket(run, bucket, s3_server):
     assert summary["registry"] == f"s3://{bucket}/{PREFIX}" and summary["s3_endpoint"] == s3_server
     keys = [o["Key"] for page in _s3(s3_server).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=PREFIX)
             for o in page.get("Contents", [])]
-    manifests = sorted(k.split("/")[3] for k in keys if k.endswith("/manifest.json") and "/versions/" in k)
+    manifests = sorted(k.split("/")[3] for k in keys if k.endswith("/manifest.json") and "/churn/versions/" in k)
     assert manifests == ["v0001", "v0002"]  # the stale v0009 was cleared
     assert f"{PREFIX}/churn/aliases/champion.json" in keys
     reports = {k.split("/")[3] for k in keys if k.startswith(f"{PREFIX}/monitoring/churn/") and k.endswith(".html")}
-    assert reports == {r["as_of_date"] for r in summary["timeline"]}
+    assert reports == {r["as_of_date"] for r in summary["models"]["churn"]["timeline"]}
 
 
 def test_local_s3_server_serves_until_the_block_ends():

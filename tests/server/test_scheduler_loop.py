@@ -24,7 +24,8 @@ import yaml
 from ml.core.settings import REPO_ROOT, Settings
 from ml.core.spec import SPEC_DIR
 from ml.monitoring.drift import DATASET_ROW
-from ml.tools.service import LOOP_DAGS, _alive, _port_free, read_state
+from ml.tools.service import _alive, _port_free, loop_dags, read_state
+from tests.fixtures import served_spec_env
 from tests.server.test_airflow_service import Service, _free_port, _token
 
 HISTORY_END = date(2025, 3, 14)  # the demo's first training date
@@ -44,7 +45,7 @@ def loop(tmp_path_factory):
     port = _free_port()
     env = {"TIDEMARK_HOME": str(home), "TIDEMARK_WAREHOUSE_URL": f"duckdb:///{home / 'warehouse.duckdb'}",
            "TIDEMARK_AIRFLOW_PASSWORD": "loop-test-password", "TIDEMARK_AIRFLOW_PORT": str(port),
-           "TIDEMARK_SIM_DAY_SECONDS": str(SIM_DAY_SECONDS), "TIDEMARK_MODEL_SPEC": str(spec_path)}
+           "TIDEMARK_SIM_DAY_SECONDS": str(SIM_DAY_SECONDS), **served_spec_env(spec_path, home)}
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)
@@ -89,9 +90,9 @@ def _run_loop(service: Service, started_at: float) -> dict:
     deadline = time.monotonic() + LOOP_TIMEOUT_S
     while time.monotonic() < deadline:
         _fail_on_failed_runs(service)
-        if "first_scored" not in timings and _successful(service, "score_batch", with_task="publish"):
+        if "first_scored" not in timings and _successful(service, "score_churn", with_task="publish"):
             timings["first_scored"] = time.monotonic() - started_at
-        if len(_successful(service, "train_model", with_task="promote")) >= 2:
+        if len(_successful(service, "train_churn", with_task="promote")) >= 2:
             timings["retrain_decided"] = time.monotonic() - started_at
             return timings
         time.sleep(5)
@@ -100,7 +101,7 @@ def _run_loop(service: Service, started_at: float) -> dict:
 
 def _snapshot(service: Service) -> dict[str, list[dict]]:
     """Every run of the loop's DAGs, oldest first, with its tasks' states: what the checks read once it stopped."""
-    return {d: [{**r, "tasks": _tasks(service, d, r["dag_run_id"])} for r in _runs(service, d)] for d in LOOP_DAGS}
+    return {d: [{**r, "tasks": _tasks(service, d, r["dag_run_id"])} for r in _runs(service, d)] for d in loop_dags(service.settings)}
 
 
 def _runs(service: Service, dag_id: str) -> list[dict]:
@@ -119,11 +120,11 @@ def _successful(service: Service, dag_id: str, *, with_task: str) -> list[dict]:
 
 
 def _states(service: Service) -> dict[str, list[tuple[str, str]]]:
-    return {d: [(r["dag_run_id"], r["state"]) for r in _runs(service, d)] for d in LOOP_DAGS}
+    return {d: [(r["dag_run_id"], r["state"]) for r in _runs(service, d)] for d in loop_dags(service.settings)}
 
 
 def _fail_on_failed_runs(service: Service) -> None:
-    failed = {d: [r["dag_run_id"] for r in _runs(service, d) if r["state"] == "failed"] for d in LOOP_DAGS}
+    failed = {d: [r["dag_run_id"] for r in _runs(service, d) if r["state"] == "failed"] for d in loop_dags(service.settings)}
     failed = {d: ids for d, ids in failed.items() if ids}
     if failed:
         logs = service.settings.airflow_home / "logs"
@@ -144,8 +145,8 @@ def test_only_the_bootstrap_was_triggered_by_hand_and_the_clock_skipped_until_it
     # The bootstrap's build and first training were started by its trigger tasks; every later run by an asset.
     assert [r["run_type"] for r in runs["build_features"]][0] == "operator_triggered"
     assert {r["run_type"] for r in runs["build_features"][1:]} == {"asset_triggered"}
-    assert {r["run_type"] for r in runs["score_batch"] + runs["monitor_model"]} == {"asset_triggered"}
-    train_types = [r["run_type"] for r in runs["train_model"]]
+    assert {r["run_type"] for r in runs["score_churn"] + runs["monitor_churn"]} == {"asset_triggered"}
+    train_types = [r["run_type"] for r in runs["train_churn"]]
     assert train_types.count("operator_triggered") == 1 and "asset_triggered" in train_types, train_types
     assert set(train_types) <= {"operator_triggered", "asset_triggered", "scheduled"}, train_types
 
@@ -193,7 +194,7 @@ def test_one_retrain_request_and_the_gate_decided_on_it(loop):
     assert [d[:3] for d in decisions][0] == ("v0001", "promoted", None)
     assert len(decisions) == 2 and decisions[1][0] == "v0002" and decisions[1][2] == "v0001"
     assert decisions[1][1] in ("promoted", "rejected") and "roc_auc" in decisions[1][3]
-    retrain = [r for r in runs["train_model"] if r["run_type"] == "asset_triggered"]
+    retrain = [r for r in runs["train_churn"] if r["run_type"] == "asset_triggered"]
     assert retrain and retrain[0]["state"] == "success" and retrain[0]["tasks"]["promote"] == "success", retrain
 
 
