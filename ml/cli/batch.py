@@ -1,4 +1,4 @@
-"""`score` and `monitor`: the steps of the score_batch and monitor_model DAGs, run in this process."""
+"""`score` and `monitor`: the steps of a model's score_<model> and monitor_<model> DAGs, run in this process."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def score(
                                                     "(default: cli-<start>-<end>)."),
     no_mart: bool = typer.Option(False, "--no-mart", help="Leave the dbt scores mart as it is."),
 ) -> None:
-    """Score days with the champion into ml.predictions, then rebuild the scores mart: what score_batch runs.
+    """Score days with the champion into ml.predictions, then rebuild the scores mart: what score_<model> runs.
 
     With no dates, the features watermark's day (the latest as-of date in the features); days after it are refused.
     """
@@ -80,7 +80,7 @@ def monitor(
     start: StartOption = None,
     end: EndOption = None,
 ) -> None:
-    """Check drift, realized performance and the retrain triggers for days: what monitor_model runs.
+    """Check drift, realized performance and the retrain triggers for days: what monitor_<model> runs.
 
     With no dates, the features watermark's day (the latest as-of date in the features); days after it are refused.
     """

@@ -1,1 +1,1 @@
-"""Monitoring: drift, realized performance, retrain triggers, and the steps monitor_model runs."""
+"""Monitoring: drift, realized performance, retrain triggers, and the steps each monitor_<model> DAG runs."""

@@ -1,4 +1,4 @@
-"""What the monitor_model DAG runs over a range of days: drift, realized performance, retrain triggers.
+"""What a monitor_<model> DAG runs over a range of days: drift, realized performance, retrain triggers.
 
 A run pins one champion version in `plan_monitoring`; every later step works with that version, so a
 promotion that lands while the run is going cannot mix two versions in one run.
@@ -31,7 +31,7 @@ def plan_monitoring(spec: ModelSpec, settings: Settings, interval: Mapping[str, 
     try:
         version = champion_version(settings, spec.name)
     except NoChampion:
-        raise MonitoringError(f"{spec.name!r} has no champion to monitor; run train_model "
+        raise MonitoringError(f"{spec.name!r} has no champion to monitor; run train_{spec.name} "
                               f"(or `python -m ml train --spec {spec.name}`) first") from None
     days = resolve_features_interval(spec, settings, interval, action=f"monitor {spec.name}")
     return {**days, "model": spec.name, "version": version}

@@ -36,7 +36,8 @@ PRIORITY = {"bootstrap": 50, "train_model": 40, "monitor_model": 30, "score_batc
 
 
 def priority(dag_id: str) -> dict[str, object]:
-    """The default_args that give a DAG's tasks its place in PRIORITY."""
+    """The default_args that give a DAG's tasks its place in PRIORITY, by its DAG file: every `train_<model>`
+    has train_model's place, and so on."""
     return {"priority_weight": PRIORITY[dag_id], "weight_rule": "absolute"}
 
 

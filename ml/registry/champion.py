@@ -50,7 +50,7 @@ def champion_version(settings: Settings, model: str) -> str:
     if version is None:
         raise NoChampion(
             f"model {model!r} has no champion in the registry at {registry.uri}; train one first "
-            f"(`python -m ml train --spec {model}` or the train_model DAG)"
+            f"(`python -m ml train --spec {model}` or the train_{model} DAG)"
         )
     return version
 

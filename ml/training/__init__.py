@@ -1,1 +1,1 @@
-"""Training: the labelled rows, the candidates, metrics, the promotion gate, and the steps train_model runs."""
+"""Training: the labelled rows, the candidates, metrics, the promotion gate, and the steps each train_<model> DAG runs."""
