@@ -53,13 +53,12 @@ from ml.features.cosmos import (
 from ml.features.dbt import dbt_executable
 from ml.orchestration.airflow_setup import WAREHOUSE_POOL, priority
 from ml.orchestration.assets import RAW, features_asset
-from ml.orchestration.served import loop_specs
+from ml.orchestration.served import build_selection
 
 settings = Settings.from_env()
-SERVED = loop_specs(settings)
 # What this DAG builds: the served models' feature and label relations with everything upstream of them.
-SELECT = sorted({f"+{relation}" for spec in SERVED for relation in (spec.features.relation, spec.label_relation)})
-FEATURES = [features_asset(relation) for relation in sorted({spec.features.relation for spec in SERVED})]
+SELECT, RELATIONS = build_selection(settings)
+FEATURES = [features_asset(relation) for relation in RELATIONS]
 # The dbt vars of every dbt task, rendered from the resolve_interval task's result at run time.
 DBT_VARS = {
     "start_date": "{{ ti.xcom_pull(task_ids='resolve_interval')['start'] }}",

@@ -9,7 +9,7 @@ that the DAG files can show it as an import error of that model's DAGs alone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -70,6 +70,16 @@ def _read(stem: str, path: Path) -> ServedSpec | None:
 def loop_specs(settings: Settings) -> list[ModelSpec]:
     """The served models of the simulated business that load: build_features builds their relations."""
     return [s.spec for s in served_specs(settings) if s.spec is not None and s.shipped]
+
+
+def build_selection(settings: Settings) -> tuple[list[str], list[str]]:
+    """What build_features builds: the dbt selection (each feature and label relation of the loop's models,
+    with everything upstream of it) and the feature relations it announces. When TIDEMARK_SERVED_MODELS
+    leaves none of the shipped models, the simulated business is still built for all of them (never the
+    whole project, which would take in every user's models)."""
+    specs = loop_specs(settings) or loop_specs(replace(settings, served_models=None))
+    select = sorted({f"+{relation}" for spec in specs for relation in (spec.features.relation, spec.label_relation)})
+    return select, sorted({spec.features.relation for spec in specs})
 
 
 def add_model_dags(namespace: dict[str, Any], prefix: str, build: Callable[[ModelSpec], Any],

@@ -90,3 +90,17 @@ def test_training_samples_every_kth_grid_date_on_a_weekly_grid():
     train = split(spec, table)["train"]
     kept = sorted(train["as_of_date"].to_pylist())
     assert len(kept) == 5 and all((b - a).days == 49 for a, b in zip(kept, kept[1:]))
+
+
+def test_build_features_selects_the_shipped_relations_and_their_parents_only(tmp_path):
+    from ml.orchestration.served import build_selection
+
+    both = (["+churn_labels", "+customer_features_daily", "+payment_default_labels"], ["customer_features_daily"])
+    assert build_selection(_settings(tmp_path)) == both
+    assert build_selection(_settings(tmp_path, served_models=("churn",))) == (
+        ["+churn_labels", "+customer_features_daily"], ["customer_features_daily"])
+    # serving only a user's model still builds the simulated business's marts, never the whole project
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    (folder / "upsell.yaml").write_text(yaml.safe_dump(_churn(name="upsell", features={"relation": "stg_upsell"})))
+    assert build_selection(_settings(tmp_path, specs_dir=folder, served_models=("upsell",))) == both
