@@ -280,18 +280,31 @@ class Relation:
         return f"{quote(self.schema)}.{quote(self.identifier)}"
 
 
-def dbt_relation(manifest_path: Path, model: str) -> Relation:
-    """Look a dbt model up in the parsed manifest; a clear error when it is not there."""
+def manifest_models(manifest_path: Path) -> dict[str, dict]:
+    """The parsed manifest's model nodes by name; a clear error when the manifest was never built."""
     if not manifest_path.exists():
         raise SpecError(f"dbt manifest not found at {manifest_path}; run `python -m ml dbt parse` first")
-    manifest = json.loads(manifest_path.read_text())
-    for node in manifest["nodes"].values():
-        if node["resource_type"] == "model" and node["name"] == model:
-            columns = {name: (col.get("data_type") or "").lower() for name, col in node["columns"].items()}
-            enforced = bool(node["config"].get("contract", {}).get("enforced"))
-            return Relation(model, node["schema"], node.get("alias") or model, columns, enforced)
-    raise SpecError(f"relation {model!r} is not a model in the dbt project ({manifest_path}); add it under "
-                    "dbt_project/models/ or fix the spec, then run `python -m ml dbt parse`")
+    models: dict[str, dict] = {}
+    for node in json.loads(manifest_path.read_text())["nodes"].values():
+        if node["resource_type"] == "model":
+            models.setdefault(node["name"], node)
+    return models
+
+
+def relation_of(node: dict) -> Relation:
+    """A manifest model node as a Relation: where it is built, and its contract's columns and types."""
+    columns = {name: (col.get("data_type") or "").lower() for name, col in node["columns"].items()}
+    enforced = bool(node["config"].get("contract", {}).get("enforced"))
+    return Relation(node["name"], node["schema"], node.get("alias") or node["name"], columns, enforced)
+
+
+def dbt_relation(manifest_path: Path, model: str) -> Relation:
+    """Look a dbt model up in the parsed manifest; a clear error when it is not there."""
+    node = manifest_models(manifest_path).get(model)
+    if node is None:
+        raise SpecError(f"relation {model!r} is not a model in the dbt project ({manifest_path}); add it under "
+                        "dbt_project/models/ or fix the spec, then run `python -m ml dbt parse`")
+    return relation_of(node)
 
 
 def feature_schema(spec: ModelSpec, relation: Relation) -> FeatureSchema:

@@ -10,7 +10,6 @@ column, the label horizon the label model declares). It stops where a later chec
 from __future__ import annotations
 
 import difflib
-import json
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any, Iterable, Sequence
 import sqlalchemy as sa
 
 from ml.core.settings import Settings
-from ml.core.spec import ModelSpec, Relation, SpecError, dbt_relation
+from ml.core.spec import ModelSpec, Relation, SpecError, manifest_models, relation_of
 from ml.core.sql import named_table
 from ml.core.warehouse import Warehouse
 
@@ -27,8 +26,6 @@ from ml.core.warehouse import Warehouse
 HORIZON_COLUMN = "horizon_days"
 HORIZON_META = "label_horizon_days"
 _SHOWN = 10  # distinct label values named in a problem
-_COLUMNS = named_table("information_schema.columns", "table_schema", "table_name", "column_name", "data_type",
-                       "ordinal_position")
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,7 @@ def check_spec(spec: ModelSpec, settings: Settings, *, manifest: Path | None = N
     manifest = manifest or settings.dbt_manifest
     if not manifest.exists():
         return [Problem(f"the dbt manifest {manifest} does not exist", "run `python -m ml dbt parse`")]
-    nodes = _models(manifest)
+    nodes = manifest_models(manifest)
     roles = {spec.features.relation: "features.relation"}
     roles.setdefault(spec.label_relation, "label.relation")
     missing = [Problem(f"{role} {name!r} is not a model in the dbt project{_did_you_mean(name, nodes)}",
@@ -118,14 +115,14 @@ def check_spec(spec: ModelSpec, settings: Settings, *, manifest: Path | None = N
                for name, role in roles.items() if name not in nodes]
     if missing:
         return missing
-    relations = {name: dbt_relation(manifest, name) for name in roles}
+    relations = {name: relation_of(nodes[name]) for name in roles}
     with Warehouse.connect(settings, read_only=True) as wh:
         unbuilt = [Problem(f"{name} ({rel.schema}.{rel.identifier}) is not built in the warehouse",
                            f"run `python -m ml dbt build --select +{name}` (the model and its parents)")
                    for name, rel in relations.items() if not wh.table_exists(rel.qualified)]
         if unbuilt:
             return unbuilt
-        columns = {name: _warehouse_columns(wh, rel) for name, rel in relations.items()}
+        columns = {name: wh.column_types(f"{rel.schema}.{rel.identifier}") for name, rel in relations.items()}
         absent = _absent_columns(spec, columns)
         if absent:
             return absent
@@ -150,8 +147,8 @@ def require_ready(spec: ModelSpec, settings: Settings) -> None:
 def summarize(spec: ModelSpec, settings: Settings, *, manifest: Path | None = None) -> Summary:
     """The rows, as-of dates and label rate that a spec, already checked, trains on."""
     manifest = manifest or settings.dbt_manifest
-    features = dbt_relation(manifest, spec.features.relation)
-    labels = dbt_relation(manifest, spec.label_relation)
+    models = manifest_models(manifest)
+    features, labels = relation_of(models[spec.features.relation]), relation_of(models[spec.label_relation])
     f = named_table(features.qualified, *filter(None, [spec.time_column]))
     stats = [sa.func.count().label("rows")]
     if spec.time_column:
@@ -170,20 +167,6 @@ def summarize(spec: ModelSpec, settings: Settings, *, manifest: Path | None = No
 
 
 # -- the parts --------------------------------------------------------------------------------------
-def _models(manifest: Path) -> dict[str, dict]:
-    """The manifest's models by name."""
-    nodes = json.loads(manifest.read_text())["nodes"].values()
-    return {node["name"]: node for node in nodes if node["resource_type"] == "model"}
-
-
-def _warehouse_columns(wh: Warehouse, relation: Relation) -> dict[str, str]:
-    """Each column of a built relation with its warehouse type, lower-cased, in order."""
-    c = _COLUMNS.c
-    query = sa.select(c.column_name, c.data_type).where(
-        c.table_schema == relation.schema, c.table_name == relation.identifier).order_by(c.ordinal_position)
-    return {row["column_name"]: row["data_type"].lower() for row in wh.rows(query)}
-
-
 def _absent_columns(spec: ModelSpec, columns: dict[str, dict[str, str]]) -> list[Problem]:
     """A problem per spec column that a relation lacks: the keys in every relation, the label in its own."""
     wanted = [("entity_key", spec.entity_key, name) for name in columns]

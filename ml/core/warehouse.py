@@ -220,6 +220,11 @@ class Warehouse:
             self._insert(qualified, table.column_names, table)
         return table.num_rows
 
+    def column_types(self, qualified: str) -> dict[str, str]:
+        """Each column of `qualified` with its type, spelled alike on both warehouses (`date`, `timestamp`, `text`,
+        `double`, ...), in order; empty when it does not exist."""
+        return dict(self._columns(qualified))
+
     def _columns(self, qualified: str) -> list[tuple[str, str]]:
         """(name, type key) of each column of `qualified`, in order; empty when it does not exist."""
         schema, name = split_name(qualified)

@@ -34,37 +34,36 @@ class ServedSpec:
 
 def served_specs(settings: Settings) -> list[ServedSpec]:
     """The served specs by name, each with its model or its error; the user's folder wins on a name clash."""
-    files: dict[str, Path] = {}
-    for folder in (SPEC_DIR, settings.specs_dir):
-        if folder is not None and folder.is_dir():
-            files.update({path.stem: path for path in sorted(folder.glob("*.yaml"))})
-    shipped = {path.stem for path in SPEC_DIR.glob("*.yaml")}
+    shipped = {path.stem: path for path in sorted(SPEC_DIR.glob("*.yaml"))}
+    files = dict(shipped)
+    if settings.specs_dir is not None and settings.specs_dir.is_dir():
+        files.update({path.stem: path for path in sorted(settings.specs_dir.glob("*.yaml"))})
     found = []
     for stem, path in sorted(files.items()):
-        if settings.served_models is not None and stem not in settings.served_models:
-            continue
-        entry = _read(stem, path)
-        if entry is not None:
-            found.append(ServedSpec(entry.name, path, entry.spec, entry.error, shipped=stem in shipped))
+        if settings.served_models is None or stem in settings.served_models:
+            entry = _read(stem, path, shipped=stem in shipped)
+            if entry is not None:
+                found.append(entry)
     return found
 
 
-def _read(stem: str, path: Path) -> ServedSpec | None:
+def _read(stem: str, path: Path, *, shipped: bool) -> ServedSpec | None:
     """The spec at `path` if it asks to be served (or cannot be read well enough to tell); else None."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        return ServedSpec(stem, path, error=f"{path}: not valid YAML: {exc}")
+        return ServedSpec(stem, path, error=f"{path}: not valid YAML: {exc}", shipped=shipped)
     if isinstance(data, dict) and data.get("served") is not True:
         return None
     try:
         spec = parse_spec(data, source=str(path))
     except SpecError as exc:
-        return ServedSpec(stem, path, error=str(exc))
+        return ServedSpec(stem, path, error=str(exc), shipped=shipped)
     if spec.name != stem:
         return ServedSpec(stem, path, error=f"{path} names its model {spec.name!r}; a spec file is named after its "
-                                            f"model: rename the file to {spec.name}.yaml or the model to {stem!r}")
-    return ServedSpec(stem, path, spec)
+                                            f"model: rename the file to {spec.name}.yaml or the model to {stem!r}",
+                           shipped=shipped)
+    return ServedSpec(stem, path, spec, shipped=shipped)
 
 
 def loop_specs(settings: Settings) -> list[ModelSpec]:

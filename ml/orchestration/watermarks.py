@@ -182,10 +182,12 @@ def resolve_features_interval(spec: "ModelSpec", settings: Settings, requested: 
     name = f"{relation.schema}.{relation.identifier}"
     watermark = latest_day(settings, relation.qualified, spec.time_column)
     interval = features_interval(requested, watermark, action=action, relation=name)
-    cadence = spec.cadence or infer_cadence(recent_days(settings, relation.qualified, spec.time_column, watermark))
+    cadence = spec.cadence or infer_cadence(as_of_dates(settings, relation.qualified, spec.time_column,
+                                                        until=watermark, latest=12))
     if cadence == "daily":
         return interval
-    held = held_days(settings, relation.qualified, spec.time_column, interval)
+    held = as_of_dates(settings, relation.qualified, spec.time_column, since=date.fromisoformat(interval["start"]),
+                       until=date.fromisoformat(interval["end"]))
     return grid_interval(interval, held, cadence=cadence, action=action, relation=name)
 
 
@@ -218,28 +220,17 @@ def grid_interval(interval: Mapping[str, str], held: Iterable[date], *, cadence:
             "days": [d.isoformat() for d in days]}
 
 
-def recent_days(settings: Settings, relation: str, column: str, until: date, count: int = 12) -> list[date]:
-    """The latest `count` distinct values of `column` in `relation` up to `until`."""
+def as_of_dates(settings: Settings, relation: str, column: str, *, until: date, since: date | None = None,
+                latest: int | None = None) -> list[date]:
+    """The distinct values of `column` in `relation` from `since` (or the first) to `until`, latest first; only the
+    `latest` ones when given."""
     import sqlalchemy as sa
 
     from ml.core.sql import named_table
     from ml.core.warehouse import Warehouse
 
     col = named_table(relation, column).c[column]
-    query = sa.select(col).where(col <= until).distinct().order_by(col.desc()).limit(count)
+    query = sa.select(col).where(col <= until, *([col >= since] if since else [])).distinct().order_by(col.desc())
     with Warehouse.connect(settings, read_only=True) as wh:
-        return [parse_day(row[column], f"a {column} in {relation}") for row in wh.rows(query)]
-
-
-def held_days(settings: Settings, relation: str, column: str, interval: Mapping[str, str]) -> list[date]:
-    """The distinct values of `column` in `relation` inside the interval."""
-    import sqlalchemy as sa
-
-    from ml.core.sql import named_table
-    from ml.core.warehouse import Warehouse
-
-    col = named_table(relation, column).c[column]
-    start, end = date.fromisoformat(interval["start"]), date.fromisoformat(interval["end"])
-    with Warehouse.connect(settings, read_only=True) as wh:
-        return [parse_day(row[column], f"a {column} in {relation}")
-                for row in wh.rows(sa.select(col).where(col.between(start, end)).distinct())]
+        rows = wh.rows(query.limit(latest) if latest else query)
+    return [parse_day(row[column], f"a {column} in {relation}") for row in rows]
