@@ -118,6 +118,13 @@ class ThresholdSpec(_Strict):
         return self
 
 
+class ApprovalSpec(_Strict):
+    """A person approves a promotion that the gate passed before it happens (train_<model> waits in the UI)."""
+
+    required: bool = Field(False, description="the train DAG waits for a person to approve a passed gate")
+    timeout_hours: float = Field(72.0, gt=0, description="no answer within this long rejects the promotion")
+
+
 class PromotionSpec(_Strict):
     floors: dict[str, float] = Field(default_factory=dict, description="absolute minimum per metric")
     min_improvement: float = Field(0.0, description="the CI lower bound on the primary metric gain must exceed this")
@@ -125,6 +132,13 @@ class PromotionSpec(_Strict):
     min_segment_rows: int = Field(200, ge=1)
     max_ece: float = Field(0.1, gt=0, le=1)
     bootstrap_samples: int = Field(500, ge=50, le=10_000)
+    max_disparity: float | None = Field(
+        None, gt=0, le=1, description="bound on every fairness attribute's disparity (disparity_metric); none: reported only"
+    )
+    disparity_metric: Literal["equalized_odds", "demographic_parity"] = Field(
+        "equalized_odds", description="the difference that max_disparity bounds"
+    )
+    approval: ApprovalSpec = ApprovalSpec()
 
     @field_validator("floors")
     @classmethod
@@ -134,6 +148,21 @@ class PromotionSpec(_Strict):
             raise ValueError(f"unknown metric(s) {unknown}; floors may name {', '.join(FLOOR_METRICS)} "
                              "(calibration has its own bound, max_ece)")
         return floors
+
+
+class ExplainSpec(_Strict):
+    """Reason codes: the top contributions per explained row, written next to its score."""
+
+    top_k: int = Field(3, ge=0, le=20, description="contributions kept per row; 0 explains nothing")
+    rows: Literal["all", "top_fraction"] = Field("top_fraction", description="which rows of a day are explained")
+    fraction: float = Field(0.1, gt=0, le=1, description="with rows: top_fraction, the share of a day's highest scores")
+
+
+class FairnessSpec(_Strict):
+    """The grouping or sensitive attributes that evaluation and monitoring report per group."""
+
+    attributes: tuple[str, ...] = Field((), description="columns of the feature relation to group by")
+    min_group_rows: int = Field(50, ge=1, description="groups with fewer rows get counts but no rates")
 
 
 class SearchSpec(_Strict):
@@ -172,6 +201,8 @@ class ModelSpec(_Strict):
     search: SearchSpec = SearchSpec()
     scoring: ScoringSpec = ScoringSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    explain: ExplainSpec = ExplainSpec()
+    fairness: FairnessSpec = FairnessSpec()
     # Cron of the regular retraining; null retrains only when monitoring asks (the retrain_requested asset).
     schedule: str | None = "@weekly"
     seed: int = 0

@@ -1,7 +1,8 @@
 """The tables the ml package writes, declared once; the Arrow schema each writer needs comes from here.
 
-Every table is one replaceable partition per key: ml.predictions, ml.drift_metrics and
-ml.model_performance per (model_name, as_of_date), ml.retrain_requests per request_id,
+Every table is one replaceable partition per key: ml.predictions, ml.prediction_reasons, ml.drift_metrics and
+ml.model_performance per (model_name, as_of_date), ml.fairness_metrics per (model_name, model_version, source)
+for test rows and per (model_name, as_of_date, source) for realized ones, ml.retrain_requests per request_id,
 ml.model_promotions per promotion_id. ml.simulated_world holds one row: the world the raw tables hold.
 """
 
@@ -29,6 +30,23 @@ predictions = _declare(
     "predictions", ("entity_id", sa.Text), ("as_of_date", sa.Date), ("model_name", sa.Text),
     ("model_version", sa.Text), ("score", sa.Double), ("predicted_label", sa.Integer), ("threshold", sa.Double),
     ("scored_at", sa.DateTime),
+)
+# Reason codes: the top-k feature contributions (in the model's raw output: log-odds) of each explained row,
+# rank 1 the largest in absolute value. base_value + the sum of all (not only the top-k) contributions is
+# the row's raw output. Published with the predictions of the same (model_name, as_of_date), in one transaction.
+prediction_reasons = _declare(
+    "prediction_reasons", ("entity_id", sa.Text), ("as_of_date", sa.Date), ("model_name", sa.Text),
+    ("model_version", sa.Text), ("reason_rank", sa.Integer), ("feature", sa.Text), ("feature_value", sa.Text),
+    ("contribution", sa.Double), ("base_value", sa.Double),
+)
+# Per-group metrics of a fairness attribute: source 'test' (one version's out-of-time test rows, as_of_date
+# its as-of date) or 'realized' (one as-of date's scores once its labels matured).
+fairness_metrics = _declare(
+    "fairness_metrics", *_MODEL_DAY, ("source", sa.Text), ("attribute", sa.Text), ("group_value", sa.Text),
+    ("rows", sa.Integer), ("positives", sa.Integer), ("selection_rate", sa.Double), ("tpr", sa.Double),
+    ("fpr", sa.Double), ("mean_score", sa.Double), ("observed_rate", sa.Double),
+    ("demographic_parity_difference", sa.Double), ("equalized_odds_difference", sa.Double),
+    ("computed_at", sa.DateTime),
 )
 drift_metrics = _declare(
     "drift_metrics", *_MODEL_DAY, ("column_name", sa.Text), ("stattest", sa.Text), ("score", sa.Double),
