@@ -65,6 +65,8 @@ def evaluate_step(spec: ModelSpec, settings: Settings, extract_info: dict, train
         regressions = segment_regressions(challenger["test"], champion["test"], metric=metric,
                                           tolerance=spec.promotion.segment_tolerance)
     _write_reference(spec, Path(challenger["directory"]), test_table, scores[challenger["candidate"]])
+    # The challenger's test scores, beside its directory (not published with it): the model card's curves.
+    np.save(Path(challenger["directory"]).parent / f"{challenger['candidate']}.test.npy", scores[challenger["candidate"]])
     evaluation = {"challenger": challenger, "leaderboard": leaderboard, "champion": champion,
                   "comparison": comparison, "regressions": regressions}
     (Path(challenger["directory"]) / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=str))
