@@ -1,8 +1,10 @@
-"""`python -m ml registry ...`: inspect the model registry, promote a version by hand, roll back, repair."""
+"""`python -m ml registry ...`: inspect the model registry and its model cards, promote a version by hand, roll back,
+repair."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -99,6 +101,32 @@ def registry_show(
     typer.echo(json.dumps(reg.get(model, version).manifest, indent=2, default=str))
 
 
+@app.command("card")
+def registry_card(
+    model: str,
+    version: Optional[str] = typer.Argument(None, help="Version id, e.g. v0002 (default: the champion)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write the card's HTML to this file (checked against "
+                                                           "the manifest's sha256) and print its path."),
+) -> None:
+    """Where a version's model card is (a file:// URI a browser opens, or its s3:// URI), or with --out a copy
+    of it. A card is written while a version is trained; a version published before that has none."""
+    from ml.registry.card import card_location, read_card
+    from ml.registry.champion import champion_version
+
+    reg = _registry()
+    version = version or champion_version(Settings.from_env(), model)
+    if out is None:
+        location = card_location(reg, model, version)
+        typer.echo(location)
+        if not location.startswith("file:"):
+            console.print(f"download it with `python -m ml registry card {model} {version} --out card.html`",
+                          soft_wrap=True)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(read_card(reg, model, version))
+    typer.echo(str(out))
+
+
 @app.command("promote")
 def registry_promote(
     model: str, version: str, reason: str = typer.Option(..., help="Why; kept in the alias history."),
@@ -131,8 +159,6 @@ def registry_repair(
 @app.command("keygen")
 def registry_keygen(directory: str = typer.Argument(..., help="Folder for the new key pair.")) -> None:
     """Write an Ed25519 key pair for signed manifests: the private key (mode 0600) and the public key."""
-    from pathlib import Path
-
     from ml.registry.signing import generate_keypair
 
     private, public = generate_keypair(Path(directory))

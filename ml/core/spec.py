@@ -227,6 +227,9 @@ class ModelSpec(_Strict):
             raise ValueError(f"candidate names must be unique, got {names}")
         if self.split.strategy == "time" and self.time_column is None:
             raise ValueError("split.strategy 'time' needs a time_column; use strategy 'random' for a snapshot")
+        if self.promotion.max_disparity is not None and not self.fairness.attributes:
+            raise ValueError("promotion.max_disparity bounds the disparity of fairness.attributes, which is empty: "
+                             "list the columns to group by, or remove max_disparity")
         if self.split.gap_days is not None and self.split.gap_days < self.label.horizon_days:
             raise ValueError(
                 f"split.gap_days={self.split.gap_days} is shorter than label.horizon_days="

@@ -172,6 +172,7 @@ def _absent_columns(spec: ModelSpec, columns: dict[str, dict[str, str]]) -> list
     wanted = [("entity_key", spec.entity_key, name) for name in columns]
     wanted += [("time_column", spec.time_column, name) for name in columns if spec.time_column]
     wanted.append(("label.column", spec.label.column, spec.label_relation))
+    wanted += [("fairness.attributes", column, spec.features.relation) for column in spec.fairness.attributes]
     return [Problem(f"{field} {column!r} is not a column of {relation}{_did_you_mean(column, columns[relation])}",
                     f"name one of its columns in the spec, or add {column!r} to the dbt model "
                     f"(its columns: {', '.join(columns[relation])})")

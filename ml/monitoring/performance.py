@@ -1,7 +1,8 @@
 """Realized performance once labels mature, and the drift and performance history the triggers read.
 
 A day's stored predictions are scored against its labels when they exist, one replaceable partition
-per (model_name, as_of_date) of ml.model_performance.
+per (model_name, as_of_date) of ml.model_performance; with the spec's fairness attributes, also per group,
+one partition per (model_name, as_of_date) of ml.fairness_metrics with source 'realized'.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ml.monitoring.drift import (
 )
 from ml.orchestration.intervals import parse_day
 from ml.training.data import relations
+from ml.training.fairness import differences, fairness_report, fairness_rows, write_fairness
 from ml.training.metrics import score
 
 log = logging.getLogger(__name__)
@@ -39,17 +41,28 @@ def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict
     """ROC-AUC, PR-AUC and Brier of `day`'s predictions per model version, once its labels exist; else None.
 
     Replaces the partition (model, day) of ml.model_performance. The top-level metrics are those of the
-    version that scored most of the day's rows.
+    version that scored most of the day's rows. With fairness attributes in the spec, the per-group metrics at
+    each version's threshold replace the realized partition (model, day) of ml.fairness_metrics, and the
+    result's "fairness" holds the main version's differences per attribute.
     """
     key, when, label = spec.entity_key, spec.time_column, spec.label.column
     if when is None:
         raise MonitoringError(f"spec {spec.name!r} has no time_column; realized performance is per as_of_date")
-    labels = named_table(relations(spec, settings)[1].qualified, key, when, label)
+    features, labels_relation, _ = relations(spec, settings)
+    labels = named_table(labels_relation.qualified, key, when, label)
     known = sa.select(labels.c[key], labels.c[label]).where(labels.c[when] == day, labels.c[label].is_not(None))
     known = known.subquery("l")
     scores = predictions.alias("p")
-    scored = (sa.select(scores.c.model_version, scores.c.score, known.c[label].label("label"))
-              .select_from(scores.join(known, scores.c.entity_id == sa.cast(known.c[key], sa.String)))
+    joined = scores.join(known, scores.c.entity_id == sa.cast(known.c[key], sa.String))
+    columns = [scores.c.model_version, scores.c.score, known.c[label].label("label")]
+    attributes = spec.fairness.attributes
+    if attributes:  # each row's groups, from the feature relation's row of the entity and day
+        rows_of_day = named_table(features.qualified, key, when, *attributes)
+        labelled = (rows_of_day.c[a].label(_group_column(i)) for i, a in enumerate(attributes))
+        groups = sa.select(rows_of_day.c[key], *labelled).where(rows_of_day.c[when] == day).subquery("g")
+        joined = joined.outerjoin(groups, groups.c[key] == known.c[key])
+        columns += [scores.c.threshold, *(groups.c[_group_column(i)] for i in range(len(attributes)))]
+    scored = (sa.select(*columns).select_from(joined)
               .where(scores.c.model_name == spec.name, scores.c.as_of_date == day))
     with Warehouse.connect(settings, read_only=True) as wh:
         matured = int(wh.scalar(sa.select(sa.func.count()).select_from(known)))
@@ -73,8 +86,40 @@ def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict
     main = max(rows, key=lambda r: r["rows"])
     by_version = [{k: r[k] for k in ("model_version", "rows", "positives", *PERFORMANCE_METRICS)} for r in rows]
     log.info("realized performance of %s on %s: %s", spec.name, day, by_version)
-    return {"model_name": spec.name, "as_of_date": day.isoformat(), "labelled_rows": matured, "rows": table.num_rows,
-            **{k: main[k] for k in ("model_version", *PERFORMANCE_METRICS)}, "versions": by_version}
+    result = {"model_name": spec.name, "as_of_date": day.isoformat(), "labelled_rows": matured,
+              "rows": table.num_rows, **{k: main[k] for k in ("model_version", *PERFORMANCE_METRICS)},
+              "versions": by_version}
+    if attributes:
+        result["fairness"] = _realized_fairness(spec, settings, day, table, main["model_version"])
+    return result
+
+
+def _group_column(i: int) -> str:
+    """The name a fairness attribute is read under, clear of the other columns of the query."""
+    return f"fairness_attribute_{i}"
+
+
+def _realized_fairness(spec: ModelSpec, settings: Settings, day: date, table: pa.Table, main: str) -> dict:
+    """Per version, the day's metrics per group of each fairness attribute, written as the realized partition
+    (model, day) of ml.fairness_metrics; the differences per attribute of the version `main`."""
+    attributes = spec.fairness.attributes
+    groups = table.select([_group_column(i) for i in range(len(attributes))]).rename_columns(list(attributes))
+    versions = np.asarray(table["model_version"].to_pylist())
+    y_all = np.asarray(table["label"].to_pylist(), dtype=np.int8)
+    p_all = np.asarray(table["score"].to_pylist(), dtype=np.float64)
+    thresholds = np.asarray(table["threshold"].to_pylist(), dtype=np.float64)
+    parts, found, now = [], {}, _now()
+    for version in sorted(set(versions.tolist())):
+        rows = np.flatnonzero(versions == version)
+        threshold = float(thresholds[rows[0]])
+        report = fairness_report(y_all[rows], p_all[rows], threshold, groups.take(rows).to_pandas(),
+                                 spec.fairness.min_group_rows)
+        found[version] = differences(report)
+        parts.append(fairness_rows(report, model_name=spec.name, model_version=version, as_of_date=day,
+                                   source="realized", computed_at=now))
+    write_fairness(settings, pa.concat_tables(parts), model_name=spec.name, source="realized", as_of_date=day)
+    log.info("realized fairness of %s on %s: %s", spec.name, day, found)
+    return found[main]
 
 
 def label_dates(spec: ModelSpec, settings: Settings, start: date, end: date) -> list[date]:

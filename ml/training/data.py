@@ -68,14 +68,19 @@ def relations(spec: ModelSpec, settings: Settings) -> tuple[Relation, Relation, 
     labels = dbt_relation(settings.dbt_manifest, spec.label_relation)
     if spec.label.column not in labels.columns:
         raise SpecError(f"label.column {spec.label.column!r} is not a column of {labels.name!r}")
+    unknown = [c for c in spec.fairness.attributes if c not in features.columns]
+    if unknown:
+        raise SpecError(f"fairness.attributes of spec {spec.name!r}: {unknown} not in {features.name!r} "
+                        f"(columns: {list(features.columns)}); name columns of the feature relation")
     return features, labels, feature_schema(spec, features)
 
 
 def training_sql(spec: ModelSpec, features: Relation, labels: Relation, schema: FeatureSchema,
                  as_of: date | None) -> sa.Select:
-    """One query for every labelled row known at `as_of`: label time plus horizon on or before it."""
+    """One query for every labelled row known at `as_of`: label time plus horizon on or before it. The rows carry
+    the segments and fairness attributes that are not features, for evaluation to group by."""
     keys = [spec.entity_key] + ([spec.time_column] if spec.time_column else [])
-    extra = [c for c in spec.segments if c not in schema.columns]
+    extra = [c for c in (*spec.segments, *spec.fairness.attributes) if c not in schema.columns]
     cols = list(dict.fromkeys([*keys, *schema.columns, *extra]))
     label = spec.label.column
     f = named_table(features.qualified, *cols, label).alias("f")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -15,6 +16,7 @@ from ml.core.spec import FeatureSchema, ModelSpec
 from ml.registry.champion import NoChampion, resolve_champion
 from ml.training.candidates import load_candidate
 from ml.training.data import LABEL, Extract, load_split
+from ml.training.fairness import attribute_frame, fairness_report
 from ml.training.metrics import (
     METRICS,
     choose_threshold,
@@ -23,6 +25,9 @@ from ml.training.metrics import (
     paired_bootstrap,
     segment_regressions,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 REFERENCE_ROWS = 5_000
 
@@ -42,6 +47,8 @@ def evaluate_step(spec: ModelSpec, settings: Settings, extract_info: dict, train
     X_test, y_test = load_split(ex, "test")
     test_table = pq.read_table(ex.directory / "test.parquet")
     segments = test_table.select(list(spec.segments)).to_pandas() if spec.segments else None
+    groups = (attribute_frame(test_table, spec.fairness.attributes, f"the test rows of {ex.directory / 'test.parquet'}")
+              if spec.fairness.attributes else None)
 
     leaderboard, scores = [], {}
     for t in ranked:
@@ -56,10 +63,12 @@ def evaluate_step(spec: ModelSpec, settings: Settings, extract_info: dict, train
     model = load_candidate(Path(challenger["directory"]))
     importance = model.feature_importances() or feature_importance(model, X_test, y_test, metric=metric, seed=spec.seed)
     challenger["importance"] = dict(sorted(importance.items(), key=lambda kv: -kv[1]))
+    challenger["fairness"] = _fairness(spec, y_test, scores[challenger["candidate"]], challenger["threshold"], groups)
 
     champion = _champion_evaluation(spec, settings, X_test, y_test, segments)
     comparison, regressions = None, []
     if champion is not None:
+        champion["fairness"] = _fairness(spec, y_test, champion["scores"], champion["test"]["threshold"], groups)
         comparison = paired_bootstrap(y_test, scores[challenger["candidate"]], champion.pop("scores"), metric=metric,
                                       n_boot=spec.promotion.bootstrap_samples, seed=spec.seed)
         regressions = segment_regressions(challenger["test"], champion["test"], metric=metric,
@@ -70,7 +79,18 @@ def evaluate_step(spec: ModelSpec, settings: Settings, extract_info: dict, train
     evaluation = {"challenger": challenger, "leaderboard": leaderboard, "champion": champion,
                   "comparison": comparison, "regressions": regressions}
     (Path(challenger["directory"]) / "evaluation.json").write_text(json.dumps(evaluation, indent=2, default=str))
+    # Published with the version: the challenger's fairness per group on the test rows.
+    fairness = {"attributes": list(spec.fairness.attributes), "min_group_rows": spec.fairness.min_group_rows,
+                "threshold": challenger["threshold"], "rows": len(y_test), "report": challenger["fairness"]}
+    (Path(challenger["directory"]) / "fairness.json").write_text(json.dumps(fairness, indent=2))
     return evaluation
+
+
+def _fairness(spec: ModelSpec, y: np.ndarray, p: np.ndarray, threshold: float, groups: pd.DataFrame | None) -> dict:
+    """The fairness report of scores on the test rows; empty when the spec names no attributes."""
+    if groups is None:
+        return {}
+    return fairness_report(y, p, threshold, groups, spec.fairness.min_group_rows)
 
 
 def _champion_evaluation(spec, settings, X_test, y_test, segments) -> dict | None:

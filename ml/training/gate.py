@@ -15,6 +15,7 @@ from ml.core.spec import ModelSpec
 
 Check = tuple[bool, str]
 DEFAULT_ALPHA = 0.05  # paired_bootstrap's default, assumed when the comparison does not say
+DISPARITY_NAMES = {"equalized_odds": "equalized-odds difference", "demographic_parity": "demographic-parity difference"}
 
 
 @dataclass(frozen=True)
@@ -113,14 +114,48 @@ def _segments(regressions: list[dict] | None, tolerance: float) -> Check:
     return False, f"segments regress by more than {tolerance}: {listed}"
 
 
+def _note(entry: Any) -> str:
+    """Why an attribute's disparity is unknown, as its report says; or that the report lacks it."""
+    note = entry.get("note") if isinstance(entry, Mapping) else None
+    return note or ("missing from the report" if entry is None else "its difference is missing or not a number")
+
+
+def _fairness(spec: ModelSpec, report: Mapping[str, Any] | None) -> Check:
+    """Every fairness attribute's disparity (promotion.disparity_metric) within promotion.max_disparity."""
+    bound, metric = spec.promotion.max_disparity, spec.promotion.disparity_metric
+    name = DISPARITY_NAMES[metric]
+    if not spec.fairness.attributes:
+        return False, (f"promotion.max_disparity {bound} is set but fairness.attributes is empty: list the columns "
+                       "to compare groups by in fairness.attributes, or remove max_disparity")
+    if not isinstance(report, Mapping) or not report:
+        return False, f"no fairness report was computed; max_disparity {bound} bounds the {name} of each attribute"
+    key = f"{metric}_difference"
+    values = {attribute: _number(report.get(attribute), key) for attribute in spec.fairness.attributes}
+    listed = ", ".join(f"{attribute} {'not measured' if value is None else f'{value:.4f}'}"
+                       for attribute, value in values.items())
+    unmeasured = [attribute for attribute, value in values.items() if value is None]
+    over = [attribute for attribute, value in values.items() if value is not None and value > bound]
+    if unmeasured:
+        why = "; ".join(f"{a}: {_note(report.get(a))}" for a in unmeasured)
+        return False, f"{name} {listed}: cannot bound {', '.join(unmeasured)} by {bound} ({why})"
+    if over:
+        return False, f"{name} {listed}: {', '.join(over)} above {bound}"
+    return True, f"{name} {listed} <= {bound}"
+
+
 def decide(
     spec: ModelSpec,
     challenger: dict,
     champion: dict | None = None,
     comparison: dict | None = None,
     regressions: list[dict] | None = None,
+    *,
+    fairness: Mapping[str, Any] | None = None,
 ) -> Decision:
-    """Apply the spec's promotion policy to a challenger's test evaluation (and the champion's, if any)."""
+    """Apply the spec's promotion policy to a challenger's test evaluation (and the champion's, if any).
+
+    `fairness` is the challenger's fairness report (ml.training.fairness), which promotion.max_disparity bounds.
+    """
     policy, evaluation = spec.promotion, challenger or {}
     # Sanity: scores are probabilities that vary, and are calibrated within the bound; then the floors.
     results = {"score_range": _score_range(evaluation), "calibration": _calibration(evaluation, policy.max_ece)}
@@ -129,6 +164,8 @@ def decide(
         results["beats_champion"] = _beats_champion(spec.primary_metric, comparison)
         results["ci_lower_bound"] = _ci_lower_bound(comparison, policy.min_improvement)
         results["segments"] = _segments(regressions, policy.segment_tolerance)
+    if policy.max_disparity is not None:
+        results["fairness"] = _fairness(spec, fairness)
     reasons = [("pass: " if passed else "FAIL: ") + text for passed, text in results.values()]
     if champion is None:
         reasons.insert(0, "no champion yet: the first model is promoted if it clears the floors and sanity checks")

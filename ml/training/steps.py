@@ -33,7 +33,7 @@ from ml.training.data import Extract, NoLabels, extract, load_split
 from ml.training.evaluate import TrainingError, evaluate_step
 from ml.training.gate import decide
 from ml.training.metrics import METRICS, score
-from ml.training.records import record_promotion
+from ml.training.records import record_fairness, record_promotion
 
 log = logging.getLogger(__name__)
 LIBRARIES = ("lightgbm", "torch", "scikit-learn", "numpy", "pandas", "pyarrow", "dbt-core", "apache-airflow", "evidently")
@@ -141,13 +141,19 @@ def _fit_with_search(spec, cand: CandidateSpec, schema: FeatureSchema, X, y, X_v
     return best["model"], best["params"], len(study.trials)
 
 
-def gate_step(spec: ModelSpec, evaluation: dict) -> dict:
+def gate_step(spec: ModelSpec, settings: Settings, extract_info: dict, evaluation: dict) -> dict:
+    """The gate's decision, with a reason per check, and the challenger's model card written into its directory
+    (so that publishing stores it with the version); `card` is where the card is until then."""
+    from ml.registry.card import write_card
+
     champion = evaluation["champion"]
     decision = decide(spec, evaluation["challenger"]["test"], champion and champion["test"],
-                      evaluation["comparison"], evaluation["regressions"])
+                      evaluation["comparison"], evaluation["regressions"],
+                      fairness=evaluation["challenger"].get("fairness"))
     log.info("gate for %s: %s\n  %s", evaluation["challenger"]["candidate"], decision.to_dict()["decision"],
              "\n  ".join(decision.reasons))
-    return decision.to_dict()
+    decided = decision.to_dict()
+    return {**decided, "card": str(write_card(spec, settings, extract_info, evaluation, decided))}
 
 
 def promote_step(spec: ModelSpec, settings: Settings, extract_info: dict, evaluation: dict, decision: dict,
@@ -163,7 +169,7 @@ def promote_step(spec: ModelSpec, settings: Settings, extract_info: dict, evalua
     attempt = promotion.attempt_key(run_id, evaluation, decision)
     version = promotion.published_by(registry, spec.name, attempt)
     if version and promotion.is_decided(registry, spec.name, version):  # an earlier try got this far
-        return _logged(promotion.finish(registry, spec.name, version, write_row))
+        return _finished(spec, settings, registry, version, ex, challenger, write_row)
     before = champion and champion["version"]
     current = registry.alias(spec.name, "champion")
     if decision["promote"] and current.version != before:
@@ -189,7 +195,22 @@ def promote_step(spec: ModelSpec, settings: Settings, extract_info: dict, evalua
     reason = f"gate passed for run {run_id}: " + "; ".join(decision["reasons"])
     promotion.begin(registry, spec.name, version, record, promote=decision["promote"], expected=before, actor=actor,
                     reason=reason, row=row)
-    return _logged(promotion.finish(registry, spec.name, version, write_row))
+    return _finished(spec, settings, registry, version, ex, challenger, write_row)
+
+
+def _finished(spec: ModelSpec, settings: Settings, registry: Registry, version: str, ex: Extract, challenger: dict,
+              write_row: Callable[[dict], None]) -> dict:
+    """Complete a begun promotion, write the version's test fairness rows, and say where its model card is."""
+    from ml.registry.card import NoCard, card_location
+
+    outcome = promotion.finish(registry, spec.name, version, write_row)
+    record_fairness(settings, model_name=spec.name, model_version=version, as_of=ex.as_of,
+                    report=challenger.get("fairness") or {})
+    try:
+        card = card_location(registry, spec.name, version)
+    except NoCard:
+        card = None
+    return {**_logged(outcome), "model_card": card}
 
 
 def _provenance(spec: ModelSpec, settings: Settings, ex: Extract, challenger: dict, run_id: str) -> dict:
@@ -197,7 +218,8 @@ def _provenance(spec: ModelSpec, settings: Settings, ex: Extract, challenger: di
     return {
         "candidate": challenger["candidate"], "kind": challenger["kind"], "params": challenger["params"],
         "threshold": challenger["threshold"], "metrics": challenger["test"], "validation": challenger["validation"],
-        "importance": challenger.get("importance"), "training_window": ex.windows, "as_of": ex.as_of,
+        "importance": challenger.get("importance"), "fairness": challenger.get("fairness"),
+        "shap_summary": challenger.get("shap_summary"), "training_window": ex.windows, "as_of": ex.as_of,
         "data_fingerprint": ex.fingerprint, "feature_schema": ex.schema.to_dict(),
         "entity_key": spec.entity_key, "time_column": spec.time_column, "spec": spec.model_dump(mode="json"),
         "spec_fingerprint": spec.fingerprint(), "libraries": library_versions(), "git_commit": git_commit(settings),
@@ -275,7 +297,7 @@ def train(spec: ModelSpec, settings: Settings, *, as_of: date | None, run_id: st
     on_step("evaluate")
     evaluation = evaluate_step(spec, settings, ex, trained)
     on_step("gate")
-    decision = gate_step(spec, evaluation)
+    decision = gate_step(spec, settings, ex, evaluation)
     on_step("promote")
     outcome = promote_step(spec, settings, ex, evaluation, decision, run_id=run_id, actor=actor)
     return {"extract": ex, "evaluation": evaluation, "decision": decision, "outcome": outcome}
