@@ -22,12 +22,30 @@ request.
    the decision with its intent, moves the champion alias when it passed, then writes `ml.model_promotions`;
    a retry (or `python -m ml registry repair`) completes a promotion that was interrupted.
 5. `publish_champion` updates the `champion.<model>` asset only when the champion changed.
+
+A spec with `promotion.approval.required: true` puts a person between the gate and `promote`. When the gate
+passed, `request_review` writes the request and `review` waits in the UI's required actions (Browse, or the
+run's `review` task) with the gate's reasons and the model card's location; anyone allowed to answer the
+DAG's human-in-the-loop tasks picks Approve or Reject and gives a reason. Then `promote` records the answer:
+
+- Approve: the same promotion as without approval, the alias moved (compare-and-swap) in the approver's name,
+  the reasons ending `approved by <user>: <reason>`.
+- Reject: the version is published and the decision recorded as rejected, ending `rejected by <user>: <reason>`;
+  the champion stays.
+- No answer within `timeout_hours` (72 by default): the scheduler answers Reject, and the decision is recorded
+  as rejected, ending `no answer within <N> h: rejected`; the champion stays.
+
+When the gate rejected, no one is asked (`review` is skipped) and `promote` records the rejection as usual.
+While a run waits, the model's next training run waits behind it (one active run per DAG).
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pendulum
-from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+from airflow.providers.standard.operators.hitl import HITLOperator
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, task
 
 from ml.core.settings import Settings
 from ml.core.spec import ModelSpec
@@ -35,6 +53,7 @@ from ml.orchestration.airflow_setup import GPU_POOL, WAREHOUSE_POOL, priority
 from ml.orchestration.assets import champion_asset, retrain_requested_asset
 from ml.orchestration.intervals import requested_as_of
 from ml.orchestration.served import add_model_dags
+from ml.training.approval import OPTIONS, REASON, REJECT
 
 settings = Settings.from_env()
 
@@ -44,6 +63,7 @@ def train_model(spec: ModelSpec):
     cpu_candidates = [c.name for c in spec.candidates if not c.uses_gpu]
     gpu_candidates = [c.name for c in spec.candidates if c.uses_gpu]
     retrain_requested, champion = retrain_requested_asset(spec.name), champion_asset(spec.name)
+    approval = spec.promotion.approval
 
     @dag(
         dag_id=f"train_{spec.name}",
@@ -96,18 +116,46 @@ def train_model(spec: ModelSpec):
             return evaluate_step(spec, settings, data, [*cpu, *gpu])
 
         @task
-        def gate(evaluation: dict) -> dict:
+        def gate(data: dict, evaluation: dict) -> dict:
             """The spec's promotion policy, with a reason for every check."""
             from ml.training.steps import gate_step
 
-            return gate_step(spec, evaluation)
+            return gate_step(spec, settings, data, evaluation)
 
-        @task(pool=WAREHOUSE_POOL)
-        def promote(data: dict, evaluation: dict, decision: dict, dag_run=None) -> dict:
-            """Publish the version, record the decision, move the champion if the gate passed."""
+        @task.short_circuit(ignore_downstream_trigger_rules=False)
+        def request_review(evaluation: dict, decision: dict) -> dict:
+            """What the reviewer is asked; nothing when the gate rejected, which skips `review` (not `promote`)."""
+            from ml.training.approval import review_request
+
+            return review_request(spec.name, evaluation, decision, timeout_hours=approval.timeout_hours)
+
+        def review() -> HITLOperator:
+            """Wait in the required actions for Approve or Reject and a reason; Reject once the timeout passed."""
+            request = "ti.xcom_pull(task_ids='request_review')"
+            return HITLOperator(
+                task_id="review",
+                subject=f"{{{{ {request}['subject'] }}}}",
+                body=f"{{{{ {request}['body'] }}}}",
+                options=OPTIONS,
+                defaults=[REJECT],
+                params={REASON: Param("", type="string", title="Reason",
+                                      description="why; recorded with the decision")},
+                # a timedelta: the task reports it to Airflow, which cannot encode pendulum's Duration
+                response_timeout=timedelta(hours=approval.timeout_hours),
+            )
+
+        # With approval, `review` may be skipped (the gate rejected): promote runs when nothing upstream failed.
+        @task(pool=WAREHOUSE_POOL, trigger_rule="none_failed_min_one_success" if approval.required else "all_success")
+        def promote(data: dict, evaluation: dict, decision: dict, answer: dict | None = None, dag_run=None) -> dict:
+            """Publish the version, record the decision, move the champion if the gate (and the reviewer) passed it."""
             from ml.training.steps import promote_step
 
-            return promote_step(spec, settings, data, evaluation, decision, run_id=dag_run.run_id)
+            if not approval.required:
+                return promote_step(spec, settings, data, evaluation, decision, run_id=dag_run.run_id)
+            from ml.training.approval import apply_review
+
+            decision, actor = apply_review(decision, answer, timeout_hours=approval.timeout_hours)
+            return promote_step(spec, settings, data, evaluation, decision, run_id=dag_run.run_id, actor=actor)
 
         @task.short_circuit
         def champion_changed(outcome: dict) -> bool:
@@ -123,7 +171,13 @@ def train_model(spec: ModelSpec):
         cpu = train_cpu.partial(data=data).expand(candidate=cpu_candidates)
         gpu = train_gpu.partial(data=data).expand(candidate=gpu_candidates) if gpu_candidates else []
         evaluation = evaluate(data, cpu, gpu)
-        outcome = promote(data, evaluation, gate(evaluation))
+        decision = gate(data, evaluation)
+        if approval.required:
+            asked = review()
+            request_review(evaluation, decision) >> asked
+            outcome = promote(data, evaluation, decision, asked.output)
+        else:
+            outcome = promote(data, evaluation, decision)
         champion_changed(outcome) >> publish_champion(outcome)
 
     return train()

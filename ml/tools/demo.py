@@ -354,7 +354,29 @@ def _model_summary(settings: Settings, model: str) -> dict[str, Any]:
         "timeline": [{**r, "as_of_date": str(r["as_of_date"])[:10],
                       "dataset_drift": None if r["dataset_drift"] is None else bool(r["dataset_drift"])} for r in daily],
         "reports": f"{settings.registry_uri}/monitoring/{model}/",
+        "model_cards": {version: _card(registry, model, version) for version in versions},
+        "champion_fairness": _fairness(history[-1]["to"] if history else None, versions),
     }
+
+
+def _card(registry, model: str, version: str) -> str | None:
+    from ml.registry.card import NoCard, card_location
+
+    try:
+        return card_location(registry, model, version)
+    except NoCard:
+        return None
+
+
+def _fairness(version: str | None, manifests: dict[str, dict]) -> dict[str, Any]:
+    """The champion's per-group test metrics and differences for each fairness attribute."""
+    report = manifests.get(version, {}).get("fairness") or {} if version else {}
+    keep = ("rows", "positives", "selection_rate", "tpr", "fpr", "mean_score", "observed_rate")
+    return {"version": version, "attributes": {
+        attribute: {"groups": {g: {k: found.get(k) for k in keep} for g, found in entry["groups"].items()},
+                    "demographic_parity_difference": entry.get("demographic_parity_difference"),
+                    "equalized_odds_difference": entry.get("equalized_odds_difference")}
+        for attribute, entry in report.items()}}
 
 
 def _why(entry: dict, promotions: dict[str, dict]) -> str:
@@ -414,4 +436,28 @@ def _print_model(model: str, summary: dict[str, Any]) -> None:
         console.print(f"[bold]{model} {p['version']}[/bold] {p['decision']}:")
         for reason in p["reasons"]:
             console.print(f"    {reason}")
+    _print_fairness(model, summary["champion_fairness"])
     console.print(f"{model}: {summary['prediction_rows']:,} predictions; monitoring reports: {summary['reports']}")
+    cards = {v: c for v, c in summary["model_cards"].items() if c}
+    if cards:
+        console.print(f"{model}: model cards: " + "; ".join(f"{v} {c}" for v, c in cards.items()))
+
+
+def _print_fairness(model: str, fairness: dict[str, Any]) -> None:
+    if not fairness["attributes"]:
+        return
+    table = Table(title=f"{model}: fairness of champion {fairness['version']} on its test rows")
+    for col in ("attribute", "group", "rows", "selection rate", "TPR", "FPR", "mean score", "observed rate"):
+        table.add_column(col, justify="left" if col in ("attribute", "group") else "right")
+
+    def rate(value: float | None) -> str:
+        return "" if value is None else f"{value:.3f}"
+
+    for attribute, entry in fairness["attributes"].items():
+        for group, g in entry["groups"].items():
+            table.add_row(attribute, group, f"{g['rows']:,}", *(rate(g[k]) for k in (
+                "selection_rate", "tpr", "fpr", "mean_score", "observed_rate")))
+        table.add_row(attribute, "[italic]difference[/italic]", "",
+                      f"DP {rate(entry['demographic_parity_difference'])}",
+                      f"EO {rate(entry['equalized_odds_difference'])}", "", "", "")
+    console.print(table)
