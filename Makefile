@@ -11,12 +11,13 @@ export DO_NOT_TRACK := 1
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export SCARF_ANALYTICS := false
 
-.PHONY: install demo demo-ui demo-ui-stop demo-server test test-server browser airflow airflow-celery airflow-status airflow-stop bench bench-gpu clean help
+.PHONY: install demo demo-ui demo-ui-stop monitoring-ui monitoring-ui-stop demo-server test test-server browser airflow airflow-celery airflow-status airflow-stop bench bench-gpu clean help
 
 help:
 	@echo "make demo   - install (first time) and run the end-to-end demo on the embedded defaults"
 	@echo "make test   - install (first time) and run the test suite"
 	@echo "make demo-ui - open the Airflow UI on the last demo's own runs (grid, logs, asset events); make demo-ui-stop ends it"
+	@echo "make monitoring-ui - open Evidently's UI on the last demo's monitoring: each model's days of drift and realized performance; make monitoring-ui-stop ends it"
 	@echo "make demo-server - the same demo on PostgreSQL (database tidemark_demo) and a registry on a local S3 API (moto)"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make bench-gpu - train the PyTorch candidate on CUDA (bf16) and on the CPU; says so and stops without CUDA"
@@ -44,6 +45,12 @@ demo-ui: install
 
 demo-ui-stop:
 	$(PY) -m ml airflow stop --demo
+
+monitoring-ui: install
+	$(PY) -m ml monitoring-ui --demo
+
+monitoring-ui-stop:
+	$(PY) -m ml monitoring-ui --demo --stop
 
 demo-server: install
 	$(PY) -m ml demo --server

@@ -1,4 +1,5 @@
-"""Development tooling: the environment for dbt and Airflow, the demo, a local S3 server, Airflow as a service."""
+"""Development tooling: the environment for dbt and Airflow, the demo, a local S3 server, Airflow as a service,
+Evidently's monitoring UI."""
 
 from __future__ import annotations
 
@@ -85,6 +86,61 @@ def s3_server(
         console.print(f"  export {exports}", highlight=False, soft_wrap=True)
 
     serve(host, port, bucket, on_ready=ready)
+
+
+@app.command("monitoring-ui")
+def monitoring_ui(
+    demo: bool = typer.Option(False, "--demo", help="Serve the workspace of the last `make demo` "
+                              "(TIDEMARK_HOME/demo/evidently) instead of TIDEMARK_HOME/evidently."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8085, min=1, max=65535, help="Port to listen on."),
+    stop: bool = typer.Option(False, "--stop", help="Stop the UI that this command started, and nothing else."),
+    status: bool = typer.Option(False, "--status", help="Show the UI that this command started and its projects."),
+) -> None:
+    """Start Evidently's UI on the monitoring workspace in the background: each model's drift and realized
+    performance, day by day. The address is printed alone on stdout once it answers; --stop ends it."""
+    from ml.monitoring.workspace import monitoring_workspace
+    from ml.tools import monitoring_ui as ui
+
+    settings = _service_settings(demo)
+    hint = "make monitoring-ui-stop" if demo else "python -m ml monitoring-ui --stop"
+    if stop:
+        ui.stop(settings, progress=lambda msg: console.print(f"  {msg}"))
+        return
+    if status:
+        found = ui.status(settings)
+        if found is None:
+            console.print(f"no monitoring UI started from {settings.home} is recorded")
+            raise typer.Exit(1)
+        running = Text("running") if found["running"] else Text("not running", style="red")
+        console.print(Text.assemble(f"evidently ui (pid {found['pid']}) at {found['url']}: ", running,
+                                    f"; log {found['log']}"), soft_wrap=True)
+        _print_projects(found["projects"])
+        return
+    workspace = monitoring_workspace(settings)
+    if demo and not workspace.is_dir():
+        from ml.tools.demo import DemoError
+
+        raise DemoError(f"no demo monitoring here yet ({workspace} does not exist): run `make demo` first, "
+                        "then `make monitoring-ui`")
+    with console.status(Text(f"starting Evidently's UI on {workspace}")):
+        state = ui.start(settings, host=host, port=port, progress=lambda msg: console.print(f"  {msg}"))
+    console.print(Text("Evidently UI is up", style="bold green"),
+                  "(already running)" if state["already"] else f"(started in {state['seconds']}s)")
+    console.print(f"  UI:        {state['url']}", soft_wrap=True)
+    console.print(f"  workspace: {state['workspace']}", soft_wrap=True)
+    _print_projects(ui.projects(state["url"]))
+    console.print(f"  stop:      {hint}")
+    typer.echo(state["url"])  # the address alone on stdout, for scripts
+
+
+def _print_projects(projects: list[dict] | None) -> None:
+    if not projects:
+        console.print("  projects:  none yet; each monitoring run adds its model's days")
+        return
+    for project in projects:
+        console.print(f"  {project['name']}: {project['snapshots']} snapshots, dashboard {project['dashboard']}",
+                      soft_wrap=True)
 
 
 @service_app.command("start")

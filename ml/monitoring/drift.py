@@ -4,6 +4,8 @@ Drift compares a bounded sample of one day's features and scores, drawn inside t
 reference sample stored with the model version at training time, through Evidently's DataDriftPreset.
 Realized performance scores a day's stored predictions against its labels when they exist. Both write
 one replaceable partition per (model_name, as_of_date): to ml.drift_metrics and ml.model_performance.
+Each day's drift snapshot also goes into the model's project of the Evidently workspace (see
+ml/monitoring/workspace.py), where Evidently's UI shows the days side by side.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ml.core.spec import FeatureSchema, ModelSpec
 from ml.core.sql import named_table
 from ml.core.tables import arrow_schema, drift_metrics, model_performance, predictions
 from ml.core.warehouse import Warehouse
+from ml.monitoring.workspace import add_drift_snapshot
 from ml.registry import Registry
 from ml.training.data import relations, to_frame
 
@@ -128,8 +131,9 @@ def _scored_by(wh: Warehouse, model: str, day: date) -> dict[str, int]:
 
 
 # -- Evidently ------------------------------------------------------------------------------------
-def _run_evidently(current, reference, columns: FeatureSchema, drift_share: float):
-    """DataDriftPreset over the given columns; returns Evidently's snapshot."""
+def _run_evidently(current, reference, columns: FeatureSchema, drift_share: float, day: date | None = None):
+    """DataDriftPreset over the given columns; returns Evidently's snapshot, stamped with the as-of date `day`
+    (None: now)."""
     os.environ.setdefault("DO_NOT_TRACK", "1")  # Evidently's switch for its usage telemetry
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -137,7 +141,8 @@ def _run_evidently(current, reference, columns: FeatureSchema, drift_share: floa
     definition = DataDefinition(numerical_columns=list(columns.numeric), categorical_columns=list(columns.categorical))
     report = Report([DataDriftPreset(columns=list(columns.columns), drift_share=drift_share)], include_tests=True)
     return report.run(current_data=Dataset.from_pandas(current, data_definition=definition),
-                      reference_data=Dataset.from_pandas(reference, data_definition=definition))
+                      reference_data=Dataset.from_pandas(reference, data_definition=definition),
+                      timestamp=None if day is None else datetime(day.year, day.month, day.day))
 
 
 def read_snapshot(result: dict) -> tuple[list[dict], float]:
@@ -199,8 +204,9 @@ def _current(spec: ModelSpec, settings: Settings, day: date, columns: FeatureSch
 def check_drift(spec: ModelSpec, settings: Settings, day: date, *, model_version: str, version_dir: Path) -> dict:
     """Drift of `day`'s features (and scores, when predictions exist) against the version's reference.
 
-    Writes the partition (model, day) of ml.drift_metrics and the HTML and JSON reports to the registry's
-    store under monitoring/<model>/<day>/, and returns a JSON-ready summary.
+    Writes the partition (model, day) of ml.drift_metrics, the HTML and JSON reports to the registry's
+    store under monitoring/<model>/<day>/ and the day's snapshot to the Evidently workspace, and returns a
+    JSON-ready summary.
     """
     started = time.perf_counter()
     if spec.time_column is None:
@@ -219,7 +225,7 @@ def check_drift(spec: ModelSpec, settings: Settings, day: date, *, model_version
     if empty:
         raise MonitoringError(f"columns {empty} have no values on {day} or in the reference of {model_version}; "
                            "fix the features or list them in monitoring.exclude")
-    snapshot = _run_evidently(current, reference, columns, spec.monitoring.drift_share)
+    snapshot = _run_evidently(current, reference, columns, spec.monitoring.drift_share, day)
     per_column, share = read_snapshot(snapshot.dict())
     dataset_drift = share >= spec.monitoring.drift_share
     steps["evidently"] = time.perf_counter() - started - sum(steps.values())
@@ -236,6 +242,9 @@ def check_drift(spec: ModelSpec, settings: Settings, day: date, *, model_version
     with Warehouse.connect(settings) as wh:
         replace_model_partition(wh, DRIFT_METRICS, spec.name, day,
                                 pa.Table.from_pylist(rows, schema=arrow_schema(drift_metrics)))
+    written = time.perf_counter()
+    snapshot_id = add_drift_snapshot(spec, settings, day, snapshot, model_version=model_version)
+    steps["workspace"] = time.perf_counter() - written
     drifted = [c["column_name"] for c in per_column if c["drifted"]]
     log.info("drift of %s %s on %s: share %.3f (%s), drifted %s; report at %s", spec.name, model_version, day, share,
              "dataset drift" if dataset_drift else "no dataset drift", drifted or "none", html_uri)
@@ -244,6 +253,7 @@ def check_drift(spec: ModelSpec, settings: Settings, day: date, *, model_version
         "dataset_drift": dataset_drift, "drifted_columns": drifted, "columns": len(per_column),
         "current_rows": len(current), "partition_rows": partition_rows, "reference_rows": len(reference),
         "predictions": note is None, "note": note, "report_html": html_uri, "report_json": json_uri,
+        "workspace_snapshot": snapshot_id,
         "seconds": round(time.perf_counter() - started, 3),
         "seconds_by_step": {step: round(seconds, 3) for step, seconds in steps.items()},
     }

@@ -28,6 +28,7 @@ from ml.monitoring.drift import (
     _num,
     replace_model_partition,
 )
+from ml.monitoring.workspace import add_performance_snapshot
 from ml.orchestration.intervals import parse_day
 from ml.training.data import relations
 from ml.training.fairness import differences, fairness_report, fairness_rows, write_fairness
@@ -54,14 +55,14 @@ def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict
     known = known.subquery("l")
     scores = predictions.alias("p")
     joined = scores.join(known, scores.c.entity_id == sa.cast(known.c[key], sa.String))
-    columns = [scores.c.model_version, scores.c.score, known.c[label].label("label")]
+    columns = [scores.c.model_version, scores.c.score, scores.c.threshold, known.c[label].label("label")]
     attributes = spec.fairness.attributes
     if attributes:  # each row's groups, from the feature relation's row of the entity and day
         rows_of_day = named_table(features.qualified, key, when, *attributes)
         labelled = (rows_of_day.c[a].label(_group_column(i)) for i, a in enumerate(attributes))
         groups = sa.select(rows_of_day.c[key], *labelled).where(rows_of_day.c[when] == day).subquery("g")
         joined = joined.outerjoin(groups, groups.c[key] == known.c[key])
-        columns += [scores.c.threshold, *(groups.c[_group_column(i)] for i in range(len(attributes)))]
+        columns += [groups.c[_group_column(i)] for i in range(len(attributes))]
     scored = (sa.select(*columns).select_from(joined)
               .where(scores.c.model_name == spec.name, scores.c.as_of_date == day))
     with Warehouse.connect(settings, read_only=True) as wh:
@@ -84,6 +85,9 @@ def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict
         replace_model_partition(wh, MODEL_PERFORMANCE, spec.name, day,
                                 pa.Table.from_pylist(rows, schema=arrow_schema(model_performance)))
     main = max(rows, key=lambda r: r["rows"])
+    mine = versions == main["model_version"]
+    threshold = float(table["threshold"][int(np.argmax(mine))].as_py())
+    add_performance_snapshot(spec, settings, day, main["model_version"], y_all[mine], p_all[mine], threshold)
     by_version = [{k: r[k] for k in ("model_version", "rows", "positives", *PERFORMANCE_METRICS)} for r in rows]
     log.info("realized performance of %s on %s: %s", spec.name, day, by_version)
     result = {"model_name": spec.name, "as_of_date": day.isoformat(), "labelled_rows": matured,

@@ -104,6 +104,9 @@ def _shipped_models(settings: Settings) -> Settings:
 def _run(settings: Settings, until: date, started: float) -> dict[str, Any]:
     settings = _shipped_models(settings)
     if settings.home.exists():
+        from ml.tools.monitoring_ui import stop
+
+        stop(settings, progress=console.print)  # a monitoring UI on the previous demo's workspace: stopped first
         console.print(f"starting over: removing the previous demo state in {settings.home}")
         shutil.rmtree(settings.home)
     settings.home.mkdir(parents=True)

@@ -194,6 +194,19 @@ def test_realized_performance_waits_for_matured_labels(world):
     assert history[0]["roc_auc"] == pytest.approx(result["roc_auc"])
 
 
+def test_each_checked_day_and_realized_day_is_a_snapshot_in_the_evidently_workspace(world):
+    from ml.monitoring.workspace import runs
+
+    realized_performance(world["spec"], world["settings"], MATURED)
+    stored = runs(world["settings"], "churn")
+    drift = {r["as_of_date"]: r for r in stored if r["kind"] == "drift"}
+    assert set(world["checks"]) <= {date.fromisoformat(d) for d in drift}
+    day = DRIFTED[0]
+    assert drift[day.isoformat()]["snapshot_id"] == world["checks"][day]["workspace_snapshot"]
+    performance = [r for r in stored if r["kind"] == "performance"]
+    assert [(r["as_of_date"], r["model_version"]) for r in performance] == [(MATURED.isoformat(), "v0001")]
+
+
 def test_drift_history_lists_the_dataset_rows_by_date(world):
     history = drift_history(world["settings"], "churn", date(2025, 3, 6), 14)
     assert [(r["as_of_date"], r["dataset_drift"]) for r in history] == [
