@@ -11,7 +11,11 @@ Measured on the same `--rows` rows, in this run:
 
 - ours: `ml.scoring.score` end to end: stream the partition out of DuckDB as Arrow batches, score, write the
   shard's Parquet file, and replace the (model, as_of_date) partition of ml.predictions in one
-  transaction. Median of `--repeats`.
+  transaction, with no rows explained (explain.top_k 0). Median of `--repeats`.
+- explained: the same run with the churn spec's reason codes: the day's top 10% of scores explained
+  (TreeSHAP, top 3 contributions per row) and published with the scores into ml.prediction_reasons in the
+  same transaction. Median of `--repeats`, each run right after one of ours. Its extra time over ours, as a
+  multiple of ours, has a ceiling of 1.0.
 - ceiling: `booster.predict` alone on the same rows already in memory as a float64 numpy matrix. Median
   of `--repeats`, each run right after one of ours.
 - naive: `pandas.read_sql` through DuckDB's DBAPI connection, `predict_proba` on the frame, then
@@ -19,10 +23,10 @@ Measured on the same `--rows` rows, in this run:
   so it is timed on the first `--naive-rows` rows of the partition (by customer_id); its cost is
   linear in rows, and the ratio compares rows/s.
 
-Memory: our path scores the `--rss-rows` partition in a child process, which reports its own peak RSS
-(VmHWM of /proc/self/status). `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss` is recorded as well, but
-on Linux it is an upper bound only: a child started by fork + exec inherits the parent's RSS at fork
-time as its starting high-water mark, and this parent holds the ceiling's matrix by then.
+Memory: our path, with the spec's reason codes, scores the `--rss-rows` partition in a child process,
+which reports its own peak RSS (VmHWM of /proc/self/status). `resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`
+is recorded as well, but on Linux it is an upper bound only: a child started by fork + exec inherits the
+parent's RSS at fork time as its starting high-water mark, and this parent holds the ceiling's matrix by then.
 
     .venv/bin/python bench/bench_scoring.py                    # 1,000,000 rows for ratios, 5,000,000 for RSS
     .venv/bin/python bench/bench_scoring.py --rows 200000 --rss-rows 1000000 --naive-rows 20000
@@ -148,7 +152,8 @@ def _ours(settings: Settings, spec, run_id: str) -> dict:
     published = publish_predictions(spec, settings, [shard])
     done = time.perf_counter()
     return {"seconds": done - started, "score_seconds": scored - started, "publish_seconds": done - scored,
-            "rows": published["rows"][DAY.isoformat()]}
+            "rows": published["rows"][DAY.isoformat()], "reasons": published["reasons"][DAY.isoformat()],
+            "explained": shard["days"][DAY.isoformat()]["reasons"]["explained"] if spec.explain.top_k else 0}
 
 
 def _ceiling(settings: Settings, spec) -> dict:
@@ -241,9 +246,10 @@ def _rss(settings: Settings) -> dict:
 
 
 def run(rows: int, rss_rows: int, naive_rows: int, train_rows: int, repeats: int) -> dict:
-    from ml.core.spec import dbt_relation, feature_schema, load_spec
+    from ml.core.spec import ExplainSpec, dbt_relation, feature_schema, load_spec
 
-    spec = load_spec("churn")
+    explaining = load_spec("churn")
+    spec = explaining.model_copy(update={"explain": ExplainSpec(top_k=0)})  # scores only
     naive_rows = min(naive_rows, rows)
     console.print(f"[bold]{NAME}[/bold]: {rows:,} rows for the ratios (naive peer on {naive_rows:,}), "
                   f"{rss_rows:,} rows for peak RSS; spec {spec.name!r}, batch_rows {spec.scoring.batch_rows:,}")
@@ -257,12 +263,15 @@ def run(rows: int, rss_rows: int, naive_rows: int, train_rows: int, repeats: int
         champion = _train_champion(settings, spec, schema, train_rows)
         console.print(f"  champion {champion['version']}: {champion['trees']} trees, fitted on "
                       f"{champion['train_rows']:,} rows in {champion['fit_seconds']}s")
-        _ours(settings, spec, "warm-up")  # caches the champion and creates ml.predictions
-        ours, ceiling = [], []
-        for i in range(repeats):  # alternated, so that a change in the machine's load hits both alike
+        _ours(settings, explaining, "warm-up")  # caches the champion, creates ml.predictions and ml.prediction_reasons
+        ours, ceiling, explained = [], [], []
+        for i in range(repeats):  # alternated, so that a change in the machine's load hits all alike
             ours.append(_ours(settings, spec, f"ours-{i}"))
             ceiling.append(_ceiling(settings, spec))
-            console.print(f"  {i + 1}/{repeats}: ours {ours[-1]['seconds']:.2f}s, ceiling {ceiling[-1]['seconds']:.2f}s")
+            explained.append(_ours(settings, explaining, f"explained-{i}"))
+            console.print(f"  {i + 1}/{repeats}: ours {ours[-1]['seconds']:.2f}s, ceiling "
+                          f"{ceiling[-1]['seconds']:.2f}s, explained {explained[-1]['seconds']:.2f}s "
+                          f"({explained[-1]['explained']:,} rows)")
         naive = _naive(settings, spec, naive_rows)
         console.print(f"  naive: {naive['seconds']:.2f}s for {naive['rows']:,} rows")
         console.print(f"  peak RSS: scoring {rss_rows:,} rows in a child process ...")
@@ -280,11 +289,20 @@ def run(rows: int, rss_rows: int, naive_rows: int, train_rows: int, repeats: int
         "ceiling": {"seconds": median([c["seconds"] for c in ceiling]), "rows": ceiling[0]["rows"],
                     "rows_per_s": rows / median([c["seconds"] for c in ceiling]), "runs": ceiling},
         "naive": {**naive, "rows_per_s": naive["rows"] / naive["seconds"]},
+        "explained": {"seconds": median([e["seconds"] for e in explained]),
+                      "score_seconds": median([e["score_seconds"] for e in explained]),
+                      "publish_seconds": median([e["publish_seconds"] for e in explained]),
+                      "explained_rows": explained[0]["explained"], "reasons": explained[0]["reasons"],
+                      "fraction": explaining.explain.fraction, "top_k": explaining.explain.top_k, "runs": explained},
         "rss": rss,
     }
     result["ratios"] = {
         "ours_over_ceiling": ratio(result["ours"]["rows_per_s"], result["ceiling"]["rows_per_s"]),
         "ours_over_naive": ratio(result["ours"]["rows_per_s"], result["naive"]["rows_per_s"]),
+        # the explanation's extra time as a multiple of scoring alone, end to end and in the shard step
+        "explain_extra_over_scoring": (result["explained"]["seconds"] - ours_s) / ours_s,
+        "explain_extra_over_score_step": (result["explained"]["score_seconds"] - result["ours"]["score_seconds"])
+        / result["ours"]["score_seconds"],
     }
     _print(result)
     path = write_result(NAME, result)
@@ -302,6 +320,9 @@ def _print(r: dict) -> None:
              "1.00x"),
             ("  of which score to Parquet", "", f"{o['score_seconds']:.2f}", "", ""),
             ("  of which publish (one transaction)", "", f"{o['publish_seconds']:.2f}", "", ""),
+            (f"explained: ours + reasons of the top {r['explained']['fraction']:.0%}", f"{r['rows']:,}",
+             f"{r['explained']['seconds']:.2f}", f"{r['rows'] / r['explained']['seconds']:,.0f}",
+             fmt_ratio(ratio(o["seconds"], r["explained"]["seconds"]))),
             ("ceiling: booster.predict on numpy", f"{c['rows']:,}", f"{c['seconds']:.2f}", f"{c['rows_per_s']:,.0f}",
              fmt_ratio(ratio(c["rows_per_s"], o["rows_per_s"]))),
             ("naive: read_sql + predict_proba + to_sql", f"{n['rows']:,}", f"{n['seconds']:.2f}",
@@ -313,6 +334,12 @@ def _print(r: dict) -> None:
     ratios = r["ratios"]
     console.print(f"ours/ceiling: {fmt_ratio(ratios['ours_over_ceiling'])} (target >= 0.8x); "
                   f"ours/naive: {fmt_ratio(ratios['ours_over_naive'])} (target >= 30x)")
+    e = r["explained"]
+    console.print(f"reason codes: explaining the top {e['fraction']:.0%} ({e['explained_rows']:,} rows, "
+                  f"{e['reasons']:,} reasons) takes {e['seconds']:.2f}s end to end against {o['seconds']:.2f}s "
+                  f"without: extra/scoring {ratios['explain_extra_over_scoring']:.2f} (ceiling 1.0); in the shard "
+                  f"step alone {e['score_seconds']:.2f}s against {o['score_seconds']:.2f}s: "
+                  f"{ratios['explain_extra_over_score_step']:.2f}")
     rss = r["rss"]
     console.print(f"peak RSS scoring {rss['rows']:,} rows: {rss['peak_rss_mib']:,.0f} MiB (target < 2048 MiB; "
                   f"{rss['peak_rss_after_score_mib']:,.0f} MiB before publishing), "

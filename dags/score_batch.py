@@ -17,9 +17,11 @@ of the simulated business); a backfill is a manual run with conf
    days the relation holds are scored, and a run with no grid day skips, the reason logged.
 2. `score_shard` is mapped over the spec's `scoring.shards` entity-hash shards. Each streams its rows
    from the warehouse as Arrow record batches, scores them, and writes one Parquet file per day under
-   `TIDEMARK_HOME/runs/score/<run_id>/`.
-3. `publish` replaces each day's (model, as_of_date) partition of `ml.predictions` with the rows of
-   every shard in one transaction, then emits the `predictions.<model>` asset with
+   `TIDEMARK_HOME/runs/score/<run_id>/`, with the reason codes (the spec's `explain`: the top-k feature
+   contributions of the rows it explains) beside them.
+3. `publish` replaces each day's (model, as_of_date) partitions of `ml.predictions` and
+   `ml.prediction_reasons` with the rows of every shard in one transaction (explaining, when a shard
+   held more of the day's top fraction than it explained, the rows it left), then emits the `predictions.<model>` asset with
    `{"start", "end", "model", "version"}`. A retry or a rerun overwrites; nothing is appended twice.
 4. `refresh_scores_mart` runs `dbt build --select tag:scores` (`marts.customer_churn_scores_latest`).
 

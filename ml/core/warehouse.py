@@ -175,10 +175,17 @@ class Warehouse:
         included, leaves the table as it was. `before_commit` runs after the last insert, inside the
         transaction. Returns the rows inserted.
         """
-        keys = list(parts[0][0]) if parts else []
-        if any(list(where) != keys for where, _ in parts):
-            raise WarehouseError(f"replace_rows into {qualified}: every part must filter on the same columns {keys}")
-        return self._replace({qualified: (schema, parts)}, before_commit)
+        return self.replace_tables({qualified: (schema, parts)}, before_commit=before_commit)
+
+    def replace_tables(self, plan: Mapping[str, tuple[pa.Schema, Sequence[Part]]], *,
+                       before_commit: Callable[[], None] | None = None) -> int:
+        """Replace row sets of several tables (`{qualified: (schema, parts)}`), as `replace_rows` does for one,
+        all in one transaction. Returns the rows inserted."""
+        for qualified, (_, parts) in plan.items():
+            keys = list(parts[0][0]) if parts else []
+            if any(list(where) != keys for where, _ in parts):
+                raise WarehouseError(f"replacing rows of {qualified}: every part must filter on the same columns {keys}")
+        return self._replace(plan, before_commit)
 
     def _replace(self, plan: Mapping[str, tuple[pa.Schema, Sequence[Part]]],
                  before_commit: Callable[[], None] | None = None) -> int:

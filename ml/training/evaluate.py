@@ -14,6 +14,7 @@ from ml.core.errors import TidemarkError
 from ml.core.settings import Settings
 from ml.core.spec import FeatureSchema, ModelSpec
 from ml.registry.champion import NoChampion, resolve_champion
+from ml.scoring.explain import mean_abs_contributions
 from ml.training.candidates import load_candidate
 from ml.training.data import LABEL, Extract, load_split
 from ml.training.fairness import attribute_frame, fairness_report
@@ -63,6 +64,8 @@ def evaluate_step(spec: ModelSpec, settings: Settings, extract_info: dict, train
     model = load_candidate(Path(challenger["directory"]))
     importance = model.feature_importances() or feature_importance(model, X_test, y_test, metric=metric, seed=spec.seed)
     challenger["importance"] = dict(sorted(importance.items(), key=lambda kv: -kv[1]))
+    # The global SHAP summary: mean |contribution| per feature on a seeded sample of the test rows.
+    challenger["shap_summary"] = mean_abs_contributions(model, X_test, seed=spec.seed)
     challenger["fairness"] = _fairness(spec, y_test, scores[challenger["candidate"]], challenger["threshold"], groups)
 
     champion = _champion_evaluation(spec, settings, X_test, y_test, segments)

@@ -103,7 +103,7 @@ def test_training_writes_a_card_that_is_published_and_the_cli_finds_it(run, cli_
     assert f"threshold {challenger['threshold']:.4f}" in page
     for column in spec.segments:
         assert f"<h3>{column}</h3>" in page
-    assert "feature importance" in page and next(iter(challenger["importance"])) in page
+    assert "mean |SHAP contribution| on the test rows" in page and next(iter(challenger["shap_summary"])) in page
     for reason in decision["reasons"]:
         verdict, _, rest = reason.partition(": ")
         shown = (f'<span class="badge {verdict.lower()}">{verdict}</span>{html.escape(rest)}'

@@ -15,6 +15,7 @@ runs and that versions, decision records and prediction rows are stored exactly 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import time
@@ -327,6 +328,7 @@ def test_scoring_runs_finish_exactly_once_through_a_killed_shard_a_terminated_an
     _retried_once(service, "score_churn", run_id, {"score_shard[0]", "publish[-1]"})
     scored, distinct, expected = predictions_per_day(service.settings, start, end)
     assert len(expected) == SCORED_DAYS and scored == distinct == expected, (scored, distinct, expected)
+    _reasons_match_the_predictions(service, start, end, expected)
 
     # Run 2 rescores the same days; its publish process is SIGKILLed inside the transaction.
     run_id = service.call("POST", "/api/v2/dags/score_churn/dagRuns", {"logical_date": None, "conf": conf})
@@ -335,6 +337,7 @@ def test_scoring_runs_finish_exactly_once_through_a_killed_shard_a_terminated_an
     _retried_once(service, "score_churn", run_id, {"publish[-1]"})
     scored, distinct, expected = predictions_per_day(service.settings, start, end)
     assert scored == distinct == expected, (scored, distinct, expected)
+    _reasons_match_the_predictions(service, start, end, expected)
     plan = service.call("GET", f"/api/v2/dags/score_churn/dagRuns/{run_id}/taskInstances/resolve_interval"
                                "/xcomEntries/return_value?deserialize=true")["value"]
     plan = plan if isinstance(plan, dict) else json.loads(plan)
@@ -343,6 +346,20 @@ def test_scoring_runs_finish_exactly_once_through_a_killed_shard_a_terminated_an
                               (start, end)).fetchall()
     # Every row is run 2's: its retry replaced run 1's rows rather than adding to them.
     assert stamps == [(datetime.fromisoformat(plan["scored_at"]).replace(tzinfo=None),)], (stamps, plan)
+
+
+def _reasons_match_the_predictions(service: Service, start, end, expected: dict) -> None:
+    """Reason codes were published with the scores, exactly once: the top tenth of each day's rows (the spec's
+    default worklist), no (entity, rank) twice, and every reason row belongs to a published prediction."""
+    with psycopg.connect(service.settings.warehouse.dsn()) as conn:
+        found = conn.execute(
+            "select r.as_of_date, count(*), count(distinct (r.entity_id, r.reason_rank)), count(distinct r.entity_id),"
+            " count(*) filter (where p.entity_id is null) from ml.prediction_reasons r left join ml.predictions p"
+            " using (entity_id, as_of_date, model_name, model_version)"
+            " where r.model_name = 'churn' and r.as_of_date between %s and %s group by 1", (start, end)).fetchall()
+    got = {day: (rows, pairs, entities, orphans) for day, rows, pairs, entities, orphans in found}
+    assert got == {day: (rows, rows, math.ceil(0.1 * expected[day]), 0) for day, (rows, *_) in got.items()}, got
+    assert sorted(got) == sorted(expected), (sorted(got), sorted(expected))
 
 
 def test_the_clock_moves_the_next_day_through_features_and_scores_on_celery(service):

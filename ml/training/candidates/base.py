@@ -100,3 +100,8 @@ class _Candidate(ClassifierMixin, BaseEstimator):
 
     def feature_importances(self) -> dict[str, float] | None:
         return None
+
+    def contributions(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per row of X: the additive contribution of each feature of `features.columns`, the base value,
+        and the raw output (log-odds) that base + contributions add up to; ml.scoring.explain wraps it."""
+        raise ModelError(f"candidate kind {self.kind!r} cannot explain its scores; give it a contributions method")

@@ -67,6 +67,8 @@ class LogisticCandidate(_Candidate):
         self.pipeline_ = Pipeline([("prep", prep), ("clf", clf)]).fit(frame, _check_target(y, len(frame)))
         self.fit_seconds_ = time.perf_counter() - start
         self.params_, self.linear_ = params, self._extract(self.pipeline_)
+        # Each design column's training mean: the reference that contributions are measured from.
+        self.linear_["design_mean"] = self._design(X).mean(axis=0).tolist()
         self.classes_ = np.array([0, 1])
         return self
 
@@ -103,12 +105,31 @@ class LogisticCandidate(_Candidate):
         p = expit(self._design(X) @ np.asarray(self.linear_["coef"]) + self.linear_["intercept"])
         return np.column_stack([1.0 - p, p])
 
-    def feature_importances(self) -> dict[str, float]:
-        lin, coef = self.linear_, np.abs(np.asarray(self.linear_["coef"]))
+    def _design_sources(self) -> list[str]:
+        """The feature each design column comes from: a numeric's standardised value and its missing
+        indicator both belong to the numeric, a category's one-hot column to its categorical."""
+        lin = self.linear_
         sources = [*self.features.numeric, *(self.features.numeric[i] for i in lin["indicator_columns"])]
-        sources += [col for col, cats in zip(self.features.categorical, lin["categories"]) for _ in cats]
+        return sources + [col for col, cats in zip(self.features.categorical, lin["categories"]) for _ in cats]
+
+    def contributions(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Exact contributions of the linear model: coefficient x (design value - its training mean), summed over
+        the design columns of each feature; the base is the log-odds at the training means, and the raw output
+        the log-odds, whose sigmoid predict_proba is. A model saved without the training means is measured from
+        a design of zeros: the numerics' means (standardised, so 0) and no category."""
+        lin = self.linear_
+        design, coef = self._design(X), np.asarray(lin["coef"])
+        center = np.asarray(lin.get("design_mean") or np.zeros(len(coef)))
+        positions = {col: j for j, col in enumerate(self.features.columns)}
+        to_feature = np.zeros((len(coef), len(positions)))
+        to_feature[np.arange(len(coef)), [positions[col] for col in self._design_sources()]] = 1.0
+        values = ((design - center) * coef) @ to_feature
+        base = np.full(len(design), lin["intercept"] + float(center @ coef))
+        return values, base, design @ coef + lin["intercept"]
+
+    def feature_importances(self) -> dict[str, float]:
         scores = dict.fromkeys(self.features.columns, 0.0)
-        for col, c in zip(sources, coef):
+        for col, c in zip(self._design_sources(), np.abs(np.asarray(self.linear_["coef"]))):
             scores[col] += float(c)
         return _normalised(scores)
 

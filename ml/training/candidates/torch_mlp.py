@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -29,6 +30,9 @@ from ml.training.encoding import (
 )
 
 log = logging.getLogger(__name__)
+
+# Training rows (encoded) kept with the model as the reference that contributions are measured from.
+BACKGROUND_ROWS = 100
 
 
 @cache
@@ -132,6 +136,9 @@ class TorchTabularCandidate(_Candidate):
         finally:
             torch.set_num_threads(threads)
             torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+        keep = np.sort(np.random.default_rng(self.seed).choice(len(columns), min(BACKGROUND_ROWS, len(columns)),
+                                                               replace=False))
+        self.background_ = {"numeric": train[0][keep].cpu().numpy(), "codes": train[1][keep].cpu().numpy()}
         self.classes_ = np.array([0, 1])
         return self
 
@@ -195,6 +202,40 @@ class TorchTabularCandidate(_Candidate):
         p = torch.sigmoid(self._logits(*self._tensors(columns))).double().cpu().numpy()
         return np.column_stack([1.0 - p, p])
 
+    def contributions(self, X: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """DeepSHAP values of the MLP after the embedding lookup, in float64 on the CPU: an embedding's dimensions
+        are summed into their categorical, a numeric's standardised value and missing indicator into the numeric.
+
+        The reference is the training rows kept at fit (`BACKGROUND_ROWS`), or, for a model saved without them, a
+        fixed-seed sample of the rows of X; the base is the mean logit over it. The raw output is the logit;
+        predict_proba is its sigmoid, computed in float32 (in bfloat16 on a GPU).
+        """
+        import torch
+
+        columns = feature_columns(X, self.features)
+        n_features = len(self.features.columns)
+        if columns.num_rows == 0:
+            return np.empty((0, n_features)), np.empty(0), np.empty(0)
+        numeric, codes = (t.cpu() for t in self._tensors(columns))
+        reference = getattr(self, "background_", None)
+        if reference is None:
+            keep = np.sort(np.random.default_rng(self.seed).choice(len(numeric), min(BACKGROUND_ROWS, len(numeric)),
+                                                                   replace=False))
+            reference = {"numeric": numeric[keep].numpy(), "codes": codes[keep].numpy()}
+        net = copy.deepcopy(self.module_).cpu().double().eval()  # shap's hooks go on the copy, never the model
+        with torch.no_grad():
+            inputs = _embedded(net, numeric, codes)
+            background = _embedded(net, torch.from_numpy(np.asarray(reference["numeric"], np.float32)),
+                                   torch.from_numpy(np.asarray(reference["codes"], np.int64)))
+            raw = net.mlp(inputs).squeeze(1).numpy()
+        phi, base = deep_shap(net.mlp, inputs, background)
+        n_numeric = len(self.features.numeric)
+        sources = [*range(n_numeric), *range(n_numeric)]
+        sources += [n_numeric + j for j, d in enumerate(self.architecture_["embedding_dims"]) for _ in range(d)]
+        to_feature = np.zeros((len(sources), n_features))
+        to_feature[np.arange(len(sources)), sources] = 1.0
+        return phi @ to_feature, np.full(len(raw), base), raw
+
     def save(self, directory: Path) -> list[str]:
         from safetensors.torch import save_file
 
@@ -202,10 +243,11 @@ class TorchTabularCandidate(_Candidate):
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.module_.state_dict().items()}
         save_file(state, str(directory / "weights.safetensors"))
+        background = getattr(self, "background_", None) or {}
         self._write_meta(directory, self._meta(
             params=self.params_, architecture=self.architecture_, vocabularies=self.vocabularies_,
             means=self.means_.tolist(), stds=self.stds_.tolist(), epochs=self.epochs_, best_epoch=self.best_epoch_,
-            history=self.history_))
+            history=self.history_, background={k: v.tolist() for k, v in background.items()}))
         return ["weights.safetensors", MODEL_JSON]
 
     @classmethod
@@ -220,6 +262,9 @@ class TorchTabularCandidate(_Candidate):
         model.params_, model.architecture_, model.vocabularies_ = meta["params"], meta["architecture"], meta["vocabularies"]
         model.means_, model.stds_ = np.array(meta["means"], dtype=np.float64), np.array(meta["stds"], dtype=np.float64)
         model.epochs_, model.best_epoch_, model.history_ = meta["epochs"], meta["best_epoch"], meta.get("history", [])
+        if meta.get("background"):
+            model.background_ = {"numeric": np.array(meta["background"]["numeric"], dtype=np.float32),
+                                 "codes": np.array(meta["background"]["codes"], dtype=np.int64)}
         module = _tabular_net()(**model.architecture_)
         try:
             module.load_state_dict(load_file(str(_required_file(directory, "weights.safetensors")), device="cpu"))
@@ -228,3 +273,43 @@ class TorchTabularCandidate(_Candidate):
         model.module_ = module.to(model.device_)
         model.classes_ = np.array([0, 1])
         return model
+
+
+def _embedded(net, numeric, codes):
+    """The MLP's input: the numerics beside each categorical's embedding, as the network's forward builds it."""
+    import torch
+
+    parts = [numeric.to(torch.float64), *(emb(codes[:, j]) for j, emb in enumerate(net.embeddings))]
+    return torch.cat(parts, dim=1)
+
+
+def deep_shap(mlp, inputs, background, pairs_per_chunk: int = 1 << 15) -> tuple[np.ndarray, float]:
+    """DeepSHAP values of a one-logit network of linear layers and ReLUs, (rows x inputs), and its base value.
+
+    shap's DeepExplainer attributes each row against every background row with its DeepLIFT (rescale) hooks,
+    one row at a time; here the same hooks run on chunks of (row, background row) pairs at once, which gives the
+    same values many times faster. Each row's values add up to its logit minus the mean background logit.
+    """
+    import shap
+    import torch
+    from shap.explainers._deep.deep_pytorch import add_interim_values, deeplift_grad
+
+    explainer = shap.DeepExplainer(mlp, background).explainer  # the PyTorch implementation behind it
+    n_ref = len(background)
+    rows = max(1, pairs_per_chunk // n_ref)
+    phi = np.empty(tuple(inputs.shape), dtype=np.float64)
+    handles = explainer.add_handles(mlp, add_interim_values, deeplift_grad)
+    try:
+        for start in range(0, len(inputs), rows):
+            chunk = inputs[start:start + rows]
+            joint = torch.cat([chunk.repeat_interleave(n_ref, dim=0), background.repeat(len(chunk), 1)])
+            joint.requires_grad_()
+            grad = torch.autograd.grad(mlp(joint).sum(), joint)[0]
+            half = len(chunk) * n_ref
+            pairs = grad[:half] * (joint[:half] - joint[half:]).detach()
+            phi[start:start + len(chunk)] = pairs.reshape(len(chunk), n_ref, -1).mean(dim=1).numpy()
+    finally:
+        for handle in handles:
+            handle.remove()
+        explainer.remove_attributes(mlp)
+    return phi, float(np.asarray(explainer.expected_value).reshape(-1)[0])
