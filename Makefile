@@ -24,7 +24,7 @@ help:
 	@echo "make airflow        - start Airflow (api-server, scheduler, dag-processor, triggerer) on the embedded defaults"
 	@echo "make airflow-celery - the same with the CeleryExecutor on Redis, metadata on PostgreSQL, a gpu-queue worker"
 	@echo "make airflow-stop   - stop what make airflow / airflow-celery started"
-	@echo "make test-server    - the server tests: Celery, REST API, browser, PostgreSQL+S3 demo, Terraform"
+	@echo "make test-server    - the server tests: Celery, REST API, approvals (required actions), browser, monitoring UI, PostgreSQL+S3 demo, Terraform"
 
 $(STAMP): requirements.txt
 	python3 -m venv $(VENV)

@@ -358,8 +358,34 @@ def _model_summary(settings: Settings, model: str) -> dict[str, Any]:
                       "dataset_drift": None if r["dataset_drift"] is None else bool(r["dataset_drift"])} for r in daily],
         "reports": f"{settings.registry_uri}/monitoring/{model}/",
         "model_cards": {version: _card(registry, model, version) for version in versions},
+        "reasons_sample": _reasons_sample(settings, model),
         "champion_fairness": _fairness(history[-1]["to"] if history else None, versions),
     }
+
+
+def _reasons_sample(settings: Settings, model: str, customers: int = 3) -> list[dict]:
+    """The reason codes of the latest day's highest scores: what a consumer of the scores reads beside them."""
+    import sqlalchemy as sa
+
+    from ml.core.tables import prediction_reasons, predictions
+
+    if not _has(settings, prediction_reasons.fullname):
+        return []
+    p, r = predictions.alias("p"), prediction_reasons.alias("r")
+    latest = sa.select(sa.func.max(r.c.as_of_date)).where(r.c.model_name == model).scalar_subquery()
+    top = (sa.select(p.c.entity_id, p.c.as_of_date, p.c.model_version, p.c.score)
+           .where(p.c.model_name == model, p.c.as_of_date == latest)
+           .order_by(p.c.score.desc(), p.c.entity_id).limit(customers).subquery("top"))
+    rows = _rows(settings, sa.select(top, r.c.reason_rank, r.c.feature, r.c.feature_value, r.c.contribution)
+                 .select_from(top.join(r, sa.and_(r.c.entity_id == top.c.entity_id, r.c.as_of_date == top.c.as_of_date,
+                                                  r.c.model_name == model)))
+                 .order_by(top.c.score.desc(), top.c.entity_id, r.c.reason_rank))
+    found: dict[str, dict] = {}
+    for row in rows:
+        entry = found.setdefault(row["entity_id"], {"entity_id": row["entity_id"], "as_of_date": str(row["as_of_date"])[:10],
+                                                    "version": row["model_version"], "score": row["score"], "reasons": []})
+        entry["reasons"].append(f"{row['feature']} = {row['feature_value']} ({row['contribution']:+.2f})")
+    return list(found.values())
 
 
 def _card(registry, model: str, version: str) -> str | None:
@@ -440,6 +466,9 @@ def _print_model(model: str, summary: dict[str, Any]) -> None:
         for reason in p["reasons"]:
             console.print(f"    {reason}")
     _print_fairness(model, summary["champion_fairness"])
+    for sample in summary["reasons_sample"]:
+        console.print(f"{model} {sample['as_of_date']} entity {sample['entity_id']}: score {sample['score']:.3f} because "
+                      + "; ".join(sample["reasons"]))
     console.print(f"{model}: {summary['prediction_rows']:,} predictions; monitoring reports: {summary['reports']}")
     cards = {v: c for v, c in summary["model_cards"].items() if c}
     if cards:

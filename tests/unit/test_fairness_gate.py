@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 
-from ml.core.spec import SPEC_DIR, ModelSpec, parse_spec
+from ml.core.spec import SPEC_DIR, ModelSpec, SpecError, parse_spec
 from ml.training.fairness import fairness_report
 from ml.training.gate import decide
 from tests.unit.test_gate import _test_eval
@@ -71,12 +72,10 @@ def test_a_missing_report_or_difference_fails_with_the_reason():
     assert "region: its difference is missing or not a number" in _fairness_reason(nan) and not nan.promote
 
 
-def test_a_bound_without_attributes_fails_and_names_the_fix():
-    decision = decide(_spec(attributes=(), max_disparity=0.1), _test_eval(), fairness=_report())
-    assert not decision.promote
-    assert _fairness_reason(decision) == (
-        "FAIL: promotion.max_disparity 0.1 is set but fairness.attributes is empty: list the columns to compare "
-        "groups by in fairness.attributes, or remove max_disparity")
+def test_a_bound_without_attributes_is_refused_when_the_spec_loads():
+    with pytest.raises(SpecError, match="promotion.max_disparity bounds the disparity of fairness.attributes, "
+                                        "which is empty: list the columns to group by, or remove max_disparity"):
+        _spec(attributes=(), max_disparity=0.1)
 
 
 def test_without_a_bound_the_report_is_not_a_check():
