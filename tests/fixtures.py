@@ -117,6 +117,31 @@ def drop_database(name: str) -> None:
         admin.execute(f'drop database if exists "{name}" with (force)')
 
 
+@contextmanager
+def postgres_copy(source: Settings, table: str, home: Path, where: str = "true") -> Iterator[Settings]:
+    """A fresh PostgreSQL database holding a copy of `table`'s rows (those matching `where`) from the DuckDB
+    warehouse of `source`, with the same registry; dropped afterwards."""
+    import duckdb
+    import psycopg
+
+    name = create_database()
+    settings = Settings(home=home, warehouse=parse_warehouse_url(f"postgresql://postgres@127.0.0.1:5432/{name}"),
+                        registry_uri=source.registry_uri)
+    csv = home / "copy.csv"
+    with duckdb.connect(str(source.warehouse.path), read_only=True) as con:
+        columns = con.execute(f"describe {table}").fetchall()
+        con.execute(f"copy (select * from {table} where {where}) to '{csv}' (header false)")
+    try:
+        with psycopg.connect(settings.warehouse.dsn(), autocommit=True) as con:
+            con.execute(f"create schema {table.split('.')[0]}")
+            con.execute(f"create table {table} ({', '.join(f'{c[0]} {c[1]}' for c in columns)})")
+            with con.cursor().copy(f"copy {table} from stdin with (format csv)") as copy:
+                copy.write(csv.read_bytes())
+        yield settings
+    finally:
+        drop_database(name)
+
+
 @pytest.fixture
 def postgres_settings(tmp_path):
     """A fresh PostgreSQL database, dropped afterwards."""

@@ -26,7 +26,7 @@ from ml.core.warehouse import Warehouse
 from ml.features.dbt import run_dbt
 from ml.ingest.load import load_days
 from ml.ingest.simulate import SimConfig
-from tests.fixtures import create_database, drop_database
+from tests.fixtures import postgres_copy
 
 SIM = SimConfig(seed=13, customers=500, start=date(2025, 1, 1), days=80, drift_date=None)
 HORIZON = 14
@@ -67,26 +67,8 @@ def world(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pg_world(world, tmp_path_factory):
     """A fresh PostgreSQL database holding a copy of the DuckDB feature mart, scored with the same registry."""
-    import duckdb
-    import psycopg
-
-    name = create_database()
-    home = tmp_path_factory.mktemp("reasons_pg")
-    settings = Settings(home=home, warehouse=parse_warehouse_url(f"postgresql://postgres@127.0.0.1:5432/{name}"),
-                        registry_uri=world["settings"].registry_uri)
-    csv = home / "features.csv"
-    with duckdb.connect(str(world["settings"].warehouse.path), read_only=True) as con:
-        columns = con.execute(f"describe {FEATURES}").fetchall()
-        con.execute(f"copy (select * from {FEATURES} where as_of_date = date '{DAY}') to '{csv}' (header false)")
-    try:
-        with psycopg.connect(settings.warehouse.dsn(), autocommit=True) as con:
-            con.execute("create schema marts")
-            con.execute(f"create table {FEATURES} ({', '.join(f'{c[0]} {c[1]}' for c in columns)})")
-            with con.cursor().copy(f"copy {FEATURES} from stdin with (format csv)") as copy:
-                copy.write(csv.read_bytes())
+    with postgres_copy(world["settings"], FEATURES, tmp_path_factory.mktemp("reasons_pg"), f"as_of_date = date '{DAY}'") as settings:
         yield {**world, "settings": settings}
-    finally:
-        drop_database(name)
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])

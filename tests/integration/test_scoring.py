@@ -28,7 +28,7 @@ from ml.features.dbt import run_dbt
 from ml.ingest.load import load_days
 from ml.ingest.simulate import SimConfig
 from ml.training.data import to_frame
-from tests.fixtures import create_database, drop_database, parsed_dags
+from tests.fixtures import parsed_dags, postgres_copy
 
 SIM = SimConfig(seed=13, customers=500, start=date(2025, 1, 1), days=80, drift_date=None)
 HORIZON = 14
@@ -74,26 +74,8 @@ def world(tmp_path_factory, airflow_settings):
 @pytest.fixture(scope="module")
 def pg_world(world, tmp_path_factory):
     """A fresh PostgreSQL database holding a copy of the DuckDB feature mart, scored with the same registry."""
-    import duckdb
-    import psycopg
-
-    name = create_database()
-    home = tmp_path_factory.mktemp("scoring_pg")
-    settings = Settings(home=home, warehouse=parse_warehouse_url(f"postgresql://postgres@127.0.0.1:5432/{name}"),
-                        registry_uri=world["settings"].registry_uri)
-    csv = home / "features.csv"
-    with duckdb.connect(str(world["settings"].warehouse.path), read_only=True) as con:
-        columns = con.execute(f"describe {FEATURES}").fetchall()
-        con.execute(f"copy (select * from {FEATURES}) to '{csv}' (header false)")
-    try:
-        with psycopg.connect(settings.warehouse.dsn(), autocommit=True) as con:
-            con.execute("create schema marts")
-            con.execute(f"create table {FEATURES} ({', '.join(f'{c[0]} {c[1]}' for c in columns)})")
-            with con.cursor().copy(f"copy {FEATURES} from stdin with (format csv)") as copy:
-                copy.write(csv.read_bytes())
+    with postgres_copy(world["settings"], FEATURES, tmp_path_factory.mktemp("scoring_pg")) as settings:
         yield {**world, "settings": settings}
-    finally:
-        drop_database(name)
 
 
 @pytest.fixture(params=["duckdb", pytest.param("postgres", marks=pytest.mark.postgres)])
