@@ -156,12 +156,12 @@ def test_a_rerun_replaces_the_reasons_and_explaining_nothing_clears_them(world):
 
 
 def test_rows_a_shard_left_unexplained_are_explained_when_publishing_cuts_the_days_top(world, monkeypatch):
-    from ml.scoring import score
+    from ml.scoring import reasons, score
 
     settings, spec = world["settings"], world["spec"]
     score.score_days(spec, settings, [DAY], "cut-normal", scored_at=FIRST_RUN)
     expected = _keyed(_day(settings, DAY)["reasons"])
-    monkeypatch.setattr(score, "_likely_share", lambda fraction, rows: 2)  # each shard explains its best 2 only
+    monkeypatch.setattr(reasons, "_likely_share", lambda fraction, rows: 2)  # each shard explains its best 2 only
     result = score.score_days(spec, settings, [DAY], "cut-late", scored_at=SECOND_RUN)
     shards = sorted((settings.home / "runs" / "score" / "cut-late" / "reasons" / DAY.isoformat()).iterdir())
     assert [p.name for p in shards] == ["candidates-0.parquet", "candidates-1.parquet", "published.parquet",

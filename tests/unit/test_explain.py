@@ -206,12 +206,13 @@ def _spec(**explain) -> ModelSpec:
 
 @pytest.mark.parametrize("rows, keep", [("top_fraction", 31), ("all", None)])
 def test_a_shard_explains_its_best_rows_across_batches_or_all_of_them(rows, keep, fitted, data, tmp_path) -> None:
-    from ml.scoring.score import _DayReasons, _prediction_batch
+    from ml.scoring.reasons import DayReasons
+    from ml.scoring.score import _prediction_batch
 
     spec, model, day = _spec(top_k=2, rows=rows, fraction=0.1), fitted["lightgbm"], date(2025, 3, 1)
     X = data["test"].assign(customer_id=np.arange(1000, 1500), as_of_date=day)
     constants = {"model_name": "toy", "model_version": "v0001", "threshold": 0.5, "scored_at": pd.Timestamp(day)}
-    reasons = _DayReasons(model, spec, day, constants, tmp_path, shard=0, keep=keep)
+    reasons = DayReasons(model, spec, day, constants, tmp_path, shard=0, keep=keep)
     scores = []
     for start in range(0, len(X), 70):  # batches much smaller than the top
         batch = pa.RecordBatch.from_pandas(X.iloc[start:start + 70], preserve_index=False)
