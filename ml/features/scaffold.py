@@ -388,6 +388,14 @@ promotion:
   max_ece: 0.1
   # How much a challenger must beat the champion by (the lower end of a bootstrap interval of the gain).
   min_improvement: 0.0
+  # With fairness attributes below, the largest equalized-odds difference allowed across their groups:
+  # max_disparity: 0.1
+  # true: a person approves each promotion the gate passed, in the Airflow UI's required actions.
+  approval: {{required: false, timeout_hours: 72}}
+# Reason codes: the top_k features that moved each score most, for the top fraction of each day's scores.
+explain: {{top_k: 3, rows: top_fraction, fraction: 0.1}}
+# Columns to report selection rate, TPR, FPR and calibration per group of (e.g. an age band or a region).
+fairness: {{attributes: []}}
 # Cron of the regular retraining; null retrains only when monitoring asks for it.
 schedule: {'"@weekly"' if time else "null"}
 # Seed of the split and of the fits: the same rows and seed give the same model.
