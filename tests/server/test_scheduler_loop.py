@@ -31,7 +31,10 @@ from tests.server.test_airflow_service import Service, _free_port, _token
 HISTORY_END = date(2025, 3, 14)  # the demo's first training date
 DRIFT_DATE = HISTORY_END + timedelta(days=1)
 SIM_DAY_SECONDS = 20
-LOOP_TIMEOUT_S = 900
+# The first monitor run checks the whole 226-day history (about 2.5 s a day with the day's report, its
+# workspace snapshot and realized metrics per group): about 10 minutes of the loop on two cores.
+LOOP_TIMEOUT_S = 1500
+pytestmark = pytest.mark.timeout(LOOP_TIMEOUT_S + 900)
 
 
 @pytest.fixture(scope="module")
