@@ -53,6 +53,8 @@ def service(tmp_path_factory):
     spec_path.write_text(yaml.safe_dump(spec))
     password = uuid.uuid4().hex
     env = {"TIDEMARK_HOME": str(home), "TIDEMARK_WAREHOUSE_URL": f"duckdb:///{home / 'warehouse.duckdb'}",
+           # a registry of its own: the champions it leaves must not reach the session's other services
+           "TIDEMARK_REGISTRY_URI": (home / "registry").as_uri(),
            "TIDEMARK_AIRFLOW_PASSWORD": password, **served_spec_env(spec_path, home),
            # The scheduler's timeout sweep of waiting tasks, every 5 s instead of 15.
            "AIRFLOW__SCHEDULER__TRIGGER_TIMEOUT_CHECK_INTERVAL": "5"}
