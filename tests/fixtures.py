@@ -158,3 +158,39 @@ def postgres_settings(tmp_path):
 def warehouse_settings(request) -> Settings:
     """Each test using this runs once on DuckDB and once on a fresh PostgreSQL database."""
     return request.getfixturevalue(f"{request.param}_settings")
+
+
+def kill_publish_in_its_transaction(settings: Settings, spec_path: Path, shards: list[dict], name: str) -> int:
+    """Publish `shards` in a child process that pauses inside the publish transaction (after its deletes and
+    inserts, before the commit), SIGKILL it there, and return its exit code."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    results = settings.home / f"{name}.json"
+    results.write_text(json.dumps(shards))
+    code = ("import json, logging; logging.basicConfig(level=logging.WARNING); "
+            "from ml.scoring.score import publish_predictions; from ml.core.settings import Settings; "
+            "from ml.core.spec import load_spec; "
+            f"publish_predictions(load_spec({str(spec_path)!r}), Settings.from_env(), "
+            f"json.load(open({str(results)!r})))")
+    env = {**os.environ, "TIDEMARK_HOME": str(settings.home), "TIDEMARK_WAREHOUSE_URL": settings.warehouse.url,
+           "TIDEMARK_REGISTRY_URI": settings.registry_uri, "TIDEMARK_TEST_PAUSE_IN_PUBLISH": "120"}
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    seen = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            seen.append(line)
+            if "inside the publish transaction" in line or not line:
+                break
+        assert "inside the publish transaction" in seen[-1], "".join(seen)[-3000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+    return proc.returncode

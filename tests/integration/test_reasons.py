@@ -7,26 +7,20 @@ explained and shown by the scores mart on both warehouses.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import signal
-import subprocess
-import sys
-import time
 from datetime import date, datetime
 
 import pytest
 import yaml
 
-from ml.core.settings import REPO_ROOT, Settings, parse_warehouse_url
+from ml.core.settings import Settings, parse_warehouse_url
 from ml.core.spec import SPEC_DIR, ExplainSpec, ModelSpec, load_spec
 from ml.core.warehouse import Warehouse
 from ml.features.dbt import run_dbt
 from ml.ingest.load import load_days
 from ml.ingest.simulate import SimConfig
-from tests.fixtures import postgres_copy
+from tests.fixtures import kill_publish_in_its_transaction, postgres_copy
 
 SIM = SimConfig(seed=13, customers=500, start=date(2025, 1, 1), days=80, drift_date=None)
 HORIZON = 14
@@ -188,30 +182,7 @@ def test_a_publish_killed_inside_its_transaction_keeps_the_old_reasons_and_its_r
     before = _day(settings, DAY)
     every_row = _explaining(spec, top_k=1, rows="all")
     shards = [score_shard(every_row, settings, [DAY], s, 2, "kill-second", SECOND_RUN) for s in range(2)]
-    results = settings.home / "kill-second.json"
-    results.write_text(json.dumps(shards))
-    code = ("import json, logging; logging.basicConfig(level=logging.WARNING); "
-            "from ml.scoring.score import publish_predictions; from ml.core.settings import Settings; "
-            "from ml.core.spec import load_spec; "
-            f"publish_predictions(load_spec({str(world['spec_path'])!r}), Settings.from_env(), "
-            f"json.load(open({str(results)!r})))")
-    env = {**os.environ, "TIDEMARK_HOME": str(settings.home), "TIDEMARK_WAREHOUSE_URL": settings.warehouse.url,
-           "TIDEMARK_REGISTRY_URI": settings.registry_uri, "TIDEMARK_TEST_PAUSE_IN_PUBLISH": "120"}
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    seen = []
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            seen.append(line)
-            if "inside the publish transaction" in line or not line:
-                break
-        assert "inside the publish transaction" in seen[-1], "".join(seen)[-3000:]
-        proc.send_signal(signal.SIGKILL)  # after both tables' deletes and inserts, before the commit
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stderr.close()
+    kill_publish_in_its_transaction(settings, world["spec_path"], shards, "kill-second")
     assert _day(settings, DAY) == before
 
     publish_predictions(spec, settings, shards)

@@ -8,12 +8,7 @@ settings pointed at the DuckDB warehouse and run with dag.test().
 
 from __future__ import annotations
 
-import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from datetime import date, datetime, timedelta
 
 import pyarrow as pa
@@ -21,14 +16,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from ml.core.settings import REPO_ROOT, Settings, parse_warehouse_url
+from ml.core.settings import Settings, parse_warehouse_url
 from ml.core.spec import SPEC_DIR, load_spec
 from ml.core.warehouse import Warehouse
 from ml.features.dbt import run_dbt
 from ml.ingest.load import load_days
 from ml.ingest.simulate import SimConfig
 from ml.training.data import to_frame
-from tests.fixtures import parsed_dags, postgres_copy
+from tests.fixtures import kill_publish_in_its_transaction, parsed_dags, postgres_copy
 
 SIM = SimConfig(seed=13, customers=500, start=date(2025, 1, 1), days=80, drift_date=None)
 HORIZON = 14
@@ -121,31 +116,7 @@ def test_a_publish_killed_inside_its_transaction_keeps_the_old_rows_and_its_reru
     assert before["scored_at"] == [FIRST_RUN] and before["unmatched"] == 0
 
     shards = [score_shard(spec, settings, [DAY], s, 2, "kill-second", SECOND_RUN) for s in range(2)]
-    results = settings.home / "kill-second.json"
-    results.write_text(json.dumps(shards))
-    code = ("import json, logging; logging.basicConfig(level=logging.WARNING); "
-            "from ml.scoring.score import publish_predictions; from ml.core.settings import Settings; "
-            "from ml.core.spec import load_spec; "
-            f"publish_predictions(load_spec({str(any_world['spec_path'])!r}), Settings.from_env(), "
-            f"json.load(open({str(results)!r})))")
-    env = {**os.environ, "TIDEMARK_HOME": str(settings.home), "TIDEMARK_WAREHOUSE_URL": settings.warehouse.url,
-           "TIDEMARK_REGISTRY_URI": settings.registry_uri, "TIDEMARK_TEST_PAUSE_IN_PUBLISH": "120"}
-    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, stderr=subprocess.PIPE, text=True)
-    seen = []
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = proc.stderr.readline()
-            seen.append(line)
-            if "inside the publish transaction" in line or not line:
-                break
-        assert "inside the publish transaction" in seen[-1], "".join(seen)[-3000:]
-        proc.send_signal(signal.SIGKILL)  # after the delete and the insert, before the commit
-    finally:
-        proc.kill()
-        proc.wait()
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL
+    assert kill_publish_in_its_transaction(settings, any_world["spec_path"], shards, "kill-second") == -signal.SIGKILL
 
     after_kill = _partition(settings, DAY)
     assert after_kill == before
