@@ -13,24 +13,23 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from ml.core.settings import Settings, parse_warehouse_url
-from ml.core.spec import SPEC_DIR, FeatureSchema, SpecError, dbt_relation, load_spec, parse_spec
+from ml.core.spec import SPEC_DIR, SpecError, dbt_relation, load_spec, parse_spec
 from ml.core.warehouse import Warehouse
 from ml.features.dbt import run_dbt
 from ml.ingest.load import load_days
 from ml.ingest.simulate import REGIONS, SimConfig
 from ml.monitoring.performance import realized_performance
 from ml.registry import Registry
-from ml.training.candidates import load_candidate
-from ml.training.data import relations, to_frame
+from ml.training.data import relations
 from ml.training.fairness import FairnessError, fairness_rows, write_fairness
 from ml.training.records import record_fairness
 from ml.training.steps import train
+from tests.integration.test_monitoring import _write_predictions
 
 SIM = SimConfig(seed=5, customers=800, start=date(2025, 1, 1), days=100, drift_date=None)
 HORIZON = 14
@@ -130,28 +129,9 @@ def test_a_versions_test_rows_are_recorded_once(world):
     assert record_fairness(settings, model_name="churn", model_version="v0002", as_of=None, report={}) == 0
 
 
-def _write_predictions(settings: Settings, version_dir, version: str, day: date) -> int:
-    """Score the day's features with the version into ml.predictions, as the scoring step would."""
-    manifest = json.loads((version_dir / "manifest.json").read_text())
-    schema, model = FeatureSchema.from_dict(manifest["feature_schema"]), load_candidate(version_dir)
-    with Warehouse.connect(settings) as wh:
-        table = wh.read_arrow(f"select * from marts.customer_features_daily where as_of_date = date '{day}'")
-        p = model.predict_proba(to_frame(table, schema))[:, 1]
-        n = len(p)
-        rows = pa.table({
-            "entity_id": pc.cast(table["customer_id"], pa.string()), "as_of_date": table["as_of_date"],
-            "model_name": pa.array(["churn"] * n), "model_version": pa.array([version] * n), "score": p,
-            "predicted_label": pa.array((p >= manifest["threshold"]).astype("int32")),
-            "threshold": pa.array([manifest["threshold"]] * n),
-            "scored_at": pa.array([datetime(2025, 1, 1)] * n, pa.timestamp("us")),
-        })
-        wh.replace_partitions("as_of_date", day, {"ml.predictions": rows})
-    return n
-
-
 def test_monitoring_writes_the_realized_groups_once_labels_mature(world):
     settings, spec = world["settings"], world["spec"]
-    scored = _write_predictions(settings, world["version_dir"], "v0001", MATURED)
+    scored = _write_predictions(settings, world["version_dir"], "v0001", [MATURED])
     result = realized_performance(spec, settings, MATURED)
     assert result["model_version"] == "v0001" and result["rows"] > 500
     assert sorted(result["fairness"]) == ["acquisition_channel", "region"]
@@ -172,7 +152,7 @@ def test_monitoring_writes_the_realized_groups_once_labels_mature(world):
 def test_a_spec_without_attributes_changes_nothing_in_monitoring(world):
     settings = world["settings"]
     day = MATURED - timedelta(days=1)
-    _write_predictions(settings, world["version_dir"], "v0001", day)
+    _write_predictions(settings, world["version_dir"], "v0001", [day])
     plain = _spec(fairness={"attributes": []})
     result = realized_performance(plain, settings, day)
     assert result is not None and "fairness" not in result

@@ -67,10 +67,11 @@ def _spec(**monitoring):
     return parse_spec(data, source="monitoring test spec")
 
 
-def _write_predictions(settings: Settings, version_dir, version: str, days) -> None:
-    """Score each day's features with the champion into ml.predictions, as the scoring step would."""
+def _write_predictions(settings: Settings, version_dir, version: str, days) -> int:
+    """Score each day's features with the version into ml.predictions, as the scoring step would; the rows written."""
     manifest = json.loads((version_dir / "manifest.json").read_text())
     schema, model = FeatureSchema.from_dict(manifest["feature_schema"]), load_candidate(version_dir)
+    written = 0
     with Warehouse.connect(settings) as wh:
         for day in days:
             table = wh.read_arrow(f"select * from {FEATURES} where as_of_date = date '{day}'")
@@ -84,6 +85,8 @@ def _write_predictions(settings: Settings, version_dir, version: str, days) -> N
                 "scored_at": pa.array([datetime(2025, 1, 1)] * n, pa.timestamp("us")),
             })
             wh.replace_partitions("as_of_date", day, {"ml.predictions": rows})
+            written += n
+    return written
 
 
 @pytest.fixture(scope="module")
