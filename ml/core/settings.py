@@ -17,7 +17,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 WAREHOUSE_EXAMPLES = (
     "duckdb:///var/warehouse.duckdb (relative to the repo), "
-    "duckdb:////abs/path/warehouse.duckdb, or postgresql://postgres@127.0.0.1:5432/tidemark"
+    "duckdb:////abs/path/warehouse.duckdb, postgresql://postgres@127.0.0.1:5432/tidemark, "
+    "spark://local[2] (Spark in this process) or spark://host:7077 (a standalone cluster)"
 )
 # The Airflow connection through which Cosmos gives dbt a PostgreSQL warehouse (see Settings.airflow_env).
 WAREHOUSE_CONN_ID = "tidemark_warehouse"
@@ -40,9 +41,9 @@ class SettingsError(TidemarkError, ValueError):
 
 @dataclass(frozen=True)
 class WarehouseTarget:
-    """Where the warehouse lives: a DuckDB file or a PostgreSQL database."""
+    """Where the warehouse lives: a DuckDB file, a PostgreSQL database or a Spark catalog."""
 
-    kind: Literal["duckdb", "postgres"]
+    kind: Literal["duckdb", "postgres", "spark"]
     url: str
     path: Path | None = None
     host: str = ""
@@ -54,6 +55,11 @@ class WarehouseTarget:
     # spills what does not fit (None: DuckDB's own, the database file's path plus `.tmp`).
     memory_limit: str = DUCKDB_DEFAULT_MEMORY_LIMIT
     temp_directory: Path | None = None
+    # Spark only: the master (local[2], spark://host:7077, yarn, ...), the folder of the catalog (its
+    # tables' files and the embedded metastore, unless spark_conf names others) and more Spark settings.
+    master: str = ""
+    spark_dir: Path | None = None
+    spark_conf: tuple[tuple[str, str], ...] = ()
 
     @property
     def dbt_target(self) -> str:
@@ -106,6 +112,22 @@ def parse_warehouse_url(url: str, *, variable: str = "TIDEMARK_WAREHOUSE_URL") -
             password=unquote(parts.password or ""),
             database=database,
         )
+    if url.startswith("spark://"):
+        rest = url[len("spark://"):]
+        if rest.startswith("local"):
+            if not re.fullmatch(r"local(\[(\d+|\*)\])?", rest):
+                raise SettingsError(f"{variable}={url!r}: a local Spark is spark://local[N] (N cores) or "
+                                    f"spark://local[*]. Valid examples: {WAREHOUSE_EXAMPLES}")
+            return WarehouseTarget(kind="spark", url=url, master=rest)
+        parts = urlsplit(url)
+        try:
+            port = parts.port or 7077
+        except ValueError as exc:
+            raise SettingsError(f"{variable}={url!r} has a bad port ({exc}). Valid examples: {WAREHOUSE_EXAMPLES}")
+        if not parts.hostname or parts.path.strip("/"):
+            raise SettingsError(f"{variable}={url!r}: give a standalone master as spark://host:7077. "
+                                f"Valid examples: {WAREHOUSE_EXAMPLES}")
+        return WarehouseTarget(kind="spark", url=url, master=f"spark://{parts.hostname}:{port}")
     raise SettingsError(f"{variable}={url!r} is not a supported warehouse URL. Valid examples: {WAREHOUSE_EXAMPLES}")
 
 
@@ -122,6 +144,28 @@ def _with_duckdb_settings(target: WarehouseTarget, env: Mapping[str, str]) -> Wa
     if temp:
         temp_directory = Path(temp) if Path(temp).is_absolute() else REPO_ROOT / temp
     return dataclasses.replace(target, memory_limit=limit.replace(" ", ""), temp_directory=temp_directory)
+
+
+def _with_spark_settings(target: WarehouseTarget, env: Mapping[str, str], home: Path) -> WarehouseTarget:
+    """The target with TIDEMARK_SPARK_DIR and TIDEMARK_SPARK_CONF applied (Spark only).
+
+    TIDEMARK_SPARK_CONF holds more Spark settings as `key=value` pairs separated by commas or new lines,
+    e.g. `spark.executor.memory=4g,spark.sql.shuffle.partitions=64`.
+    """
+    if target.kind != "spark":
+        return target
+    folder = env.get("TIDEMARK_SPARK_DIR", "").strip()
+    pairs = []
+    for item in re.split(r"[,\n]", env.get("TIDEMARK_SPARK_CONF", "")):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip().startswith("spark.") or not value.strip():
+            raise SettingsError(f"TIDEMARK_SPARK_CONF: {item.strip()!r} is not a Spark setting; give key=value pairs "
+                                "separated by commas, e.g. spark.executor.memory=4g,spark.sql.shuffle.partitions=64")
+        pairs.append((key.strip(), value.strip()))
+    return dataclasses.replace(target, spark_dir=_absolute(Path(folder)) if folder else home / "spark",
+                               spark_conf=tuple(pairs))
 
 
 def redacted_url(url: str) -> str:
@@ -205,7 +249,8 @@ class Settings:
             raise SettingsError(f"TIDEMARK_SIM_DAY_SECONDS={pace!r}: give the seconds between simulated days, "
                                 "at least 1 (default 60: one simulated day a minute)")
         return cls(
-            home=home, warehouse=_with_duckdb_settings(parse_warehouse_url(url), env), registry_uri=registry, s3_endpoint_url=endpoint,
+            home=home, warehouse=_with_spark_settings(_with_duckdb_settings(parse_warehouse_url(url), env), env, home),
+            registry_uri=registry, s3_endpoint_url=endpoint,
             model_spec=env.get("TIDEMARK_MODEL_SPEC", "").strip() or "churn",
             specs_dir=_absolute(Path(specs_dir)) if specs_dir else REPO_ROOT / USER_SPECS,
             served_models=served_models,
@@ -248,6 +293,11 @@ class Settings:
             env["TIDEMARK_DUCKDB_PATH"] = str(wh.path)
             env["TIDEMARK_DUCKDB_MEMORY_LIMIT"] = wh.memory_limit
             env["TIDEMARK_DUCKDB_TEMP_DIR"] = str(wh.spill_directory)
+        elif wh.kind == "spark":
+            # dbt-spark's session method starts Spark with the settings in SPARK_CONF_DIR (ml/core/spark.py).
+            from ml.core.spark import write_conf
+
+            env["SPARK_CONF_DIR"] = str(write_conf(wh))
         else:
             # dbt's sessions: libpq reads PGOPTIONS (see POSTGRES_OPTIONS).
             env["PGOPTIONS"] = POSTGRES_OPTIONS

@@ -75,6 +75,12 @@ simulated_world = _declare(
     ("drift_date", sa.Date), ("recorded_at", sa.DateTime), ("clock_started_at", sa.DateTime),
 )
 
+# On Spark, whose Parquet tables cannot delete rows, a replace overwrites whole partitions: these tables are
+# partitioned by their replace key. Any other declared table is small and rewritten whole; an undeclared one
+# (a raw table) is partitioned by the key it is first replaced on.
+SPARK_PARTITIONS = {table.fullname: ("model_name", "as_of_date")
+                    for table in (predictions, prediction_reasons, drift_metrics, model_performance)}
+
 # Each Arrow type and the column type it is stored as, in both directions.
 _TYPES = (
     (pa.int16(), sa.SmallInteger), (pa.int32(), sa.Integer), (pa.int64(), sa.BigInteger), (pa.float64(), sa.Double),
@@ -123,6 +129,14 @@ def from_arrow(qualified: str, schema: pa.Schema) -> sa.Table:
     """A table `qualified` (schema.table) with a column for each field of an Arrow schema."""
     schema_name, name = split_name(qualified)
     return sa.Table(name, sa.MetaData(), *(sa.Column(f.name, column_type(f)) for f in schema), schema=schema_name)
+
+
+def spark_partitions(qualified: str, keys: tuple[str, ...]) -> tuple[str, ...]:
+    """The partition columns a Spark table gets when a replace on `keys` creates it (SPARK_PARTITIONS)."""
+    name = ".".join(split_name(qualified))
+    if name in METADATA.tables:
+        return SPARK_PARTITIONS.get(name, ())
+    return keys
 
 
 def declared(qualified: str, schema: pa.Schema | None = None) -> sa.Table:

@@ -1,8 +1,9 @@
-"""One small interface over the two warehouses: DuckDB (embedded) and PostgreSQL (server).
+"""One small interface over the warehouses: DuckDB (embedded), PostgreSQL (server) and Spark (a cluster).
 
 Statements are SQLAlchemy Core, compiled for the warehouse with their values bound (ml.core.sql).
 Data moves in bulk as Arrow: registered Arrow tables and Parquet files into DuckDB, CSV streamed
-through COPY into PostgreSQL, and Arrow out of both. Nothing is written row by row.
+through COPY into PostgreSQL, Arrow batches into Spark (ml.core.spark_tables), and Arrow out of all
+three. Nothing is written row by row.
 """
 
 from __future__ import annotations
@@ -82,6 +83,15 @@ class Warehouse:
                 self._con = duckdb.connect(str(target.path), read_only=read_only, config=target.duckdb_config)
             except (duckdb.Error, OSError) as exc:
                 raise WarehouseError(duckdb_problem(target.path, exc)) from exc
+        elif target.kind == "spark":
+            from ml.core.spark import SparkUnavailable
+            from ml.core.spark_tables import SparkTables
+
+            try:
+                self._spark = SparkTables(target)
+            except SparkUnavailable as exc:
+                raise WarehouseError(str(exc)) from exc
+            self._con = None
         else:
             import psycopg
 
@@ -103,28 +113,39 @@ class Warehouse:
         self.close()
 
     def close(self) -> None:
-        self._con.close()
+        """Close the connection. Spark's session stays up for the process (ml.core.spark.release ends it)."""
+        if self._con is not None:
+            self._con.close()
 
     # -- statements ---------------------------------------------------------------------------
     def execute(self, statement: Statement) -> None:
         """Run a Core statement (compiled for this warehouse, values bound) or SQL text that holds no values."""
+        if self.kind == "spark":
+            return self._spark.execute(statement)
         self._con.execute(*compiled(statement, self.kind))
 
     def rows(self, statement: Statement) -> list[dict[str, Any]]:
         """The rows of a small query, as dicts."""
+        if self.kind == "spark":
+            return self._spark.rows(statement)
         cur = self._con.execute(*compiled(statement, self.kind))
         names = [col[0] for col in cur.description]
         return [dict(zip(names, row)) for row in cur.fetchall()]
 
     def scalar(self, statement: Statement) -> Any:
         """The first value of a query's first row; None when it has no rows."""
+        if self.kind == "spark":
+            rows = self._spark.rows(statement)
+            return next(iter(rows[0].values())) if rows else None
         rows = self._con.execute(*compiled(statement, self.kind)).fetchall()  # drains the result, freeing DuckDB
         return rows[0][0] if rows else None
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """All statements inside commit together or not at all."""
-        if self.kind == "duckdb":
+        """All statements inside commit together or not at all (Spark has no transactions: they run as they come)."""
+        if self.kind == "spark":
+            yield
+        elif self.kind == "duckdb":
             self._con.execute("begin transaction")
             try:
                 yield
@@ -137,6 +158,8 @@ class Warehouse:
                 yield
 
     def table_exists(self, qualified: str) -> bool:
+        if self.kind == "spark":
+            return self._spark.table_exists(qualified)
         schema, name = split_name(qualified)
         query = sa.select(sa.func.count()).select_from(_TABLES).where(_TABLES.c.table_schema == schema,
                                                                       _TABLES.c.table_name == name)
@@ -153,6 +176,9 @@ class Warehouse:
         if unknown:
             raise WarehouseError(f"{qualified} has no columns {unknown} (its columns: {list(target.c.keys())}); "
                                  "write rows with the columns declared in ml.core.tables")
+        if self.kind == "spark":
+            self._spark.create(target)
+            return target
         self.execute(sa.schema.CreateSchema(target.schema, if_not_exists=True))
         self.execute(sa.schema.CreateTable(target, if_not_exists=True))
         return target
@@ -190,6 +216,9 @@ class Warehouse:
     def _replace(self, plan: Mapping[str, tuple[pa.Schema, Sequence[Part]]],
                  before_commit: Callable[[], None] | None = None) -> int:
         """Per table, delete what each part's filter matches and insert its rows, in one transaction."""
+        if self.kind == "spark":  # no deletes, no transactions: partition overwrites (ml.core.spark_tables)
+            tables = {name: declared(name, schema) for name, (schema, _) in plan.items()}
+            return self._spark.replace(plan, tables, before_commit)
         targets = {name: self.ensure_table(name, schema) for name, (schema, _) in plan.items()}
         for name, (_, parts) in plan.items():
             keys = list(parts[0][0]) if parts else []
@@ -215,6 +244,9 @@ class Warehouse:
         on it, which dbt recreates on its next run). Column names are kept as given.
         """
         target = from_arrow(qualified, table.schema)
+        if self.kind == "spark":
+            self._spark.replace_table(target, table)
+            return table.num_rows
         self.execute(sa.schema.CreateSchema(target.schema, if_not_exists=True))
         wanted = [(c.name, _type_key(c.type.compile(dialect=dialect(self.kind)))) for c in target.columns]
         with self.transaction():
@@ -234,6 +266,8 @@ class Warehouse:
 
     def _columns(self, qualified: str) -> list[tuple[str, str]]:
         """(name, type key) of each column of `qualified`, in order; empty when it does not exist."""
+        if self.kind == "spark":
+            return [(col, _type_key(kind)) for col, kind in self._spark.columns(qualified)]
         schema, name = split_name(qualified)
         if self.kind == "duckdb":
             c = _COLUMNS.c
@@ -285,7 +319,9 @@ class Warehouse:
 
     # -- bulk reads -----------------------------------------------------------------------------
     def read_arrow(self, statement: Statement) -> pa.Table:
-        """Run a query and return its result as one Arrow table, typed by the query's columns on both warehouses."""
+        """Run a query and return its result as one Arrow table, typed by the query's columns on every warehouse."""
+        if self.kind == "spark":
+            return self._spark.read_arrow(statement)
         if self.kind == "duckdb":
             return self._duckdb_relation(statement).to_arrow_table()
         sql = self._inline(statement)
@@ -296,10 +332,14 @@ class Warehouse:
         """Run a query and yield its result as Arrow record batches of at most `batch_rows` rows.
 
         Memory stays bounded by a few batches, whatever the result's size: DuckDB hands over its
-        result batch by batch, PostgreSQL's COPY output is parsed as it arrives.
+        result batch by batch, PostgreSQL's COPY output is parsed as it arrives. Spark collects the
+        result to the driver first: work over many rows runs on its executors instead (ml.scoring.spark).
         """
         if batch_rows < 1:
             raise WarehouseError(f"batch_rows must be at least 1, got {batch_rows}")
+        if self.kind == "spark":
+            yield from _rebatched(self._spark.read_arrow(statement).to_batches(), batch_rows)
+            return
         if self.kind == "duckdb":
             reader = self._duckdb_relation(statement).to_arrow_reader(batch_rows)
             yield from _rebatched(reader, batch_rows)
@@ -355,7 +395,9 @@ class Warehouse:
         if integer:
             return sa.func.abs(column) % buckets
         digest = sa.func.substr(sa.func.md5(sa.cast(column, sa.String)), 1, 8)
-        if self.kind == "duckdb":
+        if self.kind == "spark":
+            number = sa.cast(sa.func.conv(digest, 16, 10), sa.BigInteger)
+        elif self.kind == "duckdb":
             number = sa.cast(sa.literal("0x") + digest, sa.BigInteger)
         else:
             number = sa.cast(sa.cast(sa.literal("x") + digest, BIT(32)), sa.BigInteger)
@@ -363,7 +405,7 @@ class Warehouse:
 
     def content_hash(self, qualified: str, key: str) -> str:
         """sha256 over a table's rows in key order (`arrow_sha256`); stable for the same contents."""
-        return arrow_sha256(self.read_arrow(f"select * from {qualify(qualified)} order by {quote(key)}"))
+        return arrow_sha256(self.read_arrow(f"select * from {qualify(qualified, self.kind)} order by {quote(key, self.kind)}"))
 
 
 def arrow_sha256(table: pa.Table) -> str:

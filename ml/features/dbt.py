@@ -115,6 +115,10 @@ def _check_warehouse(args: Sequence[str], settings: Settings) -> None:
 
     with Warehouse.connect(settings):
         pass
+    if settings.warehouse.kind == "spark":  # dbt's own process opens the catalog's metastore, which admits one
+        from ml.core.spark import release
+
+        release()
 
 
 def dbt_executable() -> str:
