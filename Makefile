@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+SPARK_STAMP := $(VENV)/.installed-spark
 MANIFEST := dbt_project/target/manifest.json
 DBT_SOURCES := $(shell find dbt_project -name '*.sql' -o -name '*.yml' | grep -v '/target/')
 
@@ -11,7 +12,7 @@ export DO_NOT_TRACK := 1
 export AIRFLOW__COSMOS__ENABLE_TELEMETRY := False
 export SCARF_ANALYTICS := false
 
-.PHONY: install demo demo-ui demo-ui-stop monitoring-ui monitoring-ui-stop demo-server test test-server browser airflow airflow-celery airflow-status airflow-stop bench bench-gpu clean help
+.PHONY: install install-spark java demo demo-spark demo-ui demo-ui-stop monitoring-ui monitoring-ui-stop demo-server test test-server browser airflow airflow-celery airflow-status airflow-stop bench bench-gpu clean help
 
 help:
 	@echo "make demo   - install (first time) and run the end-to-end demo on the embedded defaults"
@@ -19,6 +20,8 @@ help:
 	@echo "make demo-ui - open the Airflow UI on the last demo's own runs (grid, logs, asset events); make demo-ui-stop ends it"
 	@echo "make monitoring-ui - open Evidently's UI on the last demo's monitoring: each model's days of drift and realized performance; make monitoring-ui-stop ends it"
 	@echo "make demo-server - the same demo on PostgreSQL (database tidemark_demo) and a registry on a local S3 API (moto)"
+	@echo "make demo-spark  - the same demo with Spark as the warehouse (installs pyspark, dbt-spark and Java 17 first)"
+	@echo "make install-spark - add Spark to the venv (requirements-spark.txt) and make sure Java 17+ is there"
 	@echo "make bench  - run the benchmarks under bench/"
 	@echo "make bench-gpu - train the PyTorch candidate on CUDA (bf16) and on the CPU; says so and stops without CUDA"
 	@echo "make airflow        - start Airflow (api-server, scheduler, dag-processor, triggerer) on the embedded defaults"
@@ -36,6 +39,28 @@ $(MANIFEST): $(STAMP) $(DBT_SOURCES)
 	$(PY) -m ml dbt parse --quiet
 
 install: $(STAMP) $(MANIFEST)
+
+$(SPARK_STAMP): $(STAMP) requirements-spark.txt
+	$(PY) -m pip install --quiet -r requirements-spark.txt
+	touch $(SPARK_STAMP)
+
+# Spark runs on Java 17 or newer: JAVA_HOME's java (as Spark's scripts pick it), else the one on PATH,
+# else Debian's openjdk-17-jre-headless when root can install it; otherwise it says what to install.
+java:
+	@if [ -n "$$JAVA_HOME" ]; then java="$$JAVA_HOME/bin/java"; else java="$$(command -v java)"; fi; \
+	version="$$([ -x "$$java" ] && "$$java" -version 2>&1 | sed -n 's/.* version "\([0-9._]*\).*/\1/p' | head -n 1)"; \
+	major="$${version%%.*}"; if [ "$${major:-0}" -ge 17 ]; then exit 0; fi; \
+	found="$${java:-no java on PATH}$${version:+ (Java $$version)}"; \
+	if [ -z "$$JAVA_HOME" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "Spark needs Java 17 or newer (found: $$found): installing Debian's openjdk-17-jre-headless"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	else \
+	  echo "Spark needs Java 17 or newer (found: $$found): install one, e.g." \
+	       "sudo apt-get install openjdk-17-jre-headless, or point JAVA_HOME at a JDK 17+" >&2; \
+	  exit 1; \
+	fi
+
+install-spark: install $(SPARK_STAMP) java
 
 demo: install
 	$(PY) -m ml demo
@@ -55,6 +80,9 @@ monitoring-ui-stop:
 demo-server: install
 	$(PY) -m ml demo --server
 
+demo-spark: install-spark
+	$(PY) -m ml demo --spark
+
 test: install
 	$(PY) -m pytest tests --ignore=tests/server -n auto --maxprocesses 4 --dist loadfile
 
@@ -66,7 +94,7 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "no chromium: install it (sudo apt-get install chromium) or the browser test is skipped"; fi; }
 
-test-server: install browser
+test-server: install-spark browser
 	$(PY) -m pytest tests/server
 
 airflow: install

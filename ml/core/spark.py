@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from ml.core.errors import TidemarkError
 
@@ -112,6 +115,22 @@ def require_java() -> str:
     return java
 
 
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _require_master(master: str) -> None:
+    """A standalone master (spark://host:port) must accept connections: Spark itself retries for a minute
+    and then fails with a stack trace."""
+    if not master.startswith("spark://"):
+        return
+    parts = urlsplit(master)
+    try:
+        socket.create_connection((parts.hostname, parts.port), timeout=5).close()
+    except OSError as exc:
+        raise SparkUnavailable(f"no Spark master answers at {master} ({exc.strerror or exc}): start the cluster, "
+                               "or fix TIDEMARK_WAREHOUSE_URL (spark://host:7077)") from None
+
+
 def session(target: "WarehouseTarget") -> "SparkSession":
     """This process's Spark session for `target`, started on first use and kept until `release`."""
     global _session, _session_key
@@ -125,18 +144,24 @@ def session(target: "WarehouseTarget") -> "SparkSession":
         raise SparkUnavailable("TIDEMARK_WAREHOUSE_URL names Spark, but pyspark is not installed: "
                                "run `make install-spark` (pyspark and dbt-spark, from requirements-spark.txt)") from None
     require_java()
+    _require_master(target.master)
+    conf = settings_of(target)
     os.environ["SPARK_CONF_DIR"] = str(write_conf(target))  # the JVM that starts now reads it too
-    if target.master.startswith("local"):
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if target.master.startswith("local") or urlsplit(target.master).hostname in _LOOPBACK:
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # driver and executors on this machine only
+    # Executors start their Python workers with the driver's PYSPARK_PYTHON as the context starts, not with
+    # spark.pyspark.python: this interpreter unless either names another (the same path on every worker).
+    os.environ["PYSPARK_PYTHON"] = conf.get("spark.pyspark.python") or os.environ.get("PYSPARK_PYTHON") or sys.executable
     builder = SparkSession.builder
-    for name, value in settings_of(target).items():
+    for name, value in conf.items():
         builder = builder.config(name, value)
     try:
         spark = builder.enableHiveSupport().getOrCreate()
         spark.sql("show databases").collect()  # opens the metastore now, so a held one fails here
     except Exception as exc:
+        problem = _problem(target, exc)  # a Py4J error's text comes from the JVM: read it before release ends it
         release()
-        raise SparkUnavailable(_problem(target, exc)) from exc
+        raise SparkUnavailable(problem) from exc
     spark.sparkContext.setLogLevel("ERROR")
     _session, _session_key = spark, key
     return spark
