@@ -107,7 +107,9 @@ def build_features():
         execution_config=ExecutionConfig(
             execution_mode=ExecutionMode.WATCHER,
             dbt_executable_path=dbt_executable(),
-            invocation_mode=InvocationMode.SUBPROCESS,
+            # A dbt process of its own frees DuckDB's file lock when it ends. On Spark, dbt runs in the task's
+            # process: it shares that process's Spark session and the metastore that admits one process.
+            invocation_mode=InvocationMode.DBT_RUNNER if settings.warehouse.kind == "spark" else InvocationMode.SUBPROCESS,
             # A second `dbt build` on retry would redo the whole selection; the failed nodes' own tasks
             # retry instead, each running its node alone.
             setup_operator_args={"retries": 0},

@@ -52,6 +52,9 @@ def demo(
     database: Optional[str] = typer.Option(
         None, help="With --server: a PostgreSQL database for the demo to drop and recreate. Without it, only "
         "tidemark_demo is recreated; in any other database the demo drops the pipeline's schemas."),
+    spark: bool = typer.Option(
+        False, "--spark", help="Run on Spark instead of DuckDB: TIDEMARK_WAREHOUSE_URL if it is spark://, else "
+        "spark://local[2]; its catalog lives in TIDEMARK_HOME/demo-spark/spark."),
     until: str = typer.Option("2025-04-20", help="Last simulated day; an earlier day is a shorter demo "
                               "(2025-04-04 still shows drift, a retrain request and the gate's decision)."),
 ) -> None:
@@ -60,7 +63,9 @@ def demo(
 
     if database and not server:
         raise typer.BadParameter("--database applies only with --server", param_hint="--database")
-    run_demo(Settings.from_env(), server=server, database=database, until=parse_day(until, "--until"))
+    if spark and server:
+        raise typer.BadParameter("--spark and --server are two demos: give one", param_hint="--spark")
+    run_demo(Settings.from_env(), server=server, spark=spark, database=database, until=parse_day(until, "--until"))
 
 
 @app.command("s3-server")

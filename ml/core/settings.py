@@ -316,6 +316,10 @@ class Settings:
         and a PostgreSQL warehouse as the connection WAREHOUSE_CONN_ID, which Cosmos hands to dbt at run time."""
         airflow_home, wh = self.airflow_home, self.warehouse
         connection = {}
+        if wh.kind == "spark":  # the tasks' Spark sessions open the same catalog with the same settings
+            connection["TIDEMARK_SPARK_DIR"] = str(wh.spark_dir)
+            if wh.spark_conf:
+                connection["TIDEMARK_SPARK_CONF"] = ",".join(f"{k}={v}" for k, v in wh.spark_conf)
         if wh.kind == "postgres":
             connection[WAREHOUSE_CONN_VARIABLE] = json.dumps({
                 "conn_type": "postgres", "host": wh.host, "port": wh.port, "login": wh.user,

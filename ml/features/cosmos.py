@@ -50,12 +50,13 @@ class WarehouseProfileMapping(PostgresUserPasswordProfileMapping):
 def warehouse_profile(settings: Settings) -> ProfileConfig:
     """The dbt profile of the dbt tasks, with no secret in it.
 
-    DuckDB: dbt_project/profiles.yml, whose database path comes from the operators' env. PostgreSQL:
+    DuckDB and Spark: dbt_project/profiles.yml, whose database path or Spark settings come from the operators'
+    env. PostgreSQL:
     the Airflow connection WAREHOUSE_CONN_ID (Settings.airflow_env defines it), with the schema and
     threads of the postgres output in profiles.yml.
     """
     target, profiles_yml = settings.warehouse.dbt_target, settings.dbt_project_dir / "profiles.yml"
-    if settings.warehouse.kind == "duckdb":
+    if settings.warehouse.kind in ("duckdb", "spark"):  # their profiles hold no secret
         return ProfileConfig(profile_name=PROFILE_NAME, target_name=target, profiles_yml_filepath=profiles_yml)
     output = yaml.safe_load(profiles_yml.read_text())[PROFILE_NAME]["outputs"][target]
     mapping = WarehouseProfileMapping(

@@ -56,6 +56,8 @@ SERVER_DATABASE = "tidemark_demo"
 SERVER_WAREHOUSE_URL = f"postgresql://postgres@127.0.0.1:5432/{SERVER_DATABASE}"
 SERVER_BUCKET = "tidemark-demo"
 SERVER_REGISTRY_URI = f"s3://{SERVER_BUCKET}/registry"
+# The Spark demo's default: a local Spark of two cores in the demo's process.
+SPARK_WAREHOUSE_URL = "spark://local[2]"
 
 
 class DemoError(TidemarkError, RuntimeError):
@@ -63,28 +65,37 @@ class DemoError(TidemarkError, RuntimeError):
 
 
 def demo_settings(settings: Settings, sandbox: str = "demo") -> Settings:
-    """The demo's own sandbox under TIDEMARK_HOME: Airflow state, and the embedded warehouse and registry."""
+    """The demo's own sandbox under TIDEMARK_HOME: Airflow state, and the embedded warehouse and registry
+    (on Spark, the catalog's folder in the sandbox)."""
     home = settings.home / sandbox
     if settings.warehouse.kind == "duckdb":
         warehouse = parse_warehouse_url(f"duckdb:///{home / 'warehouse.duckdb'}")
+    elif settings.warehouse.kind == "spark":
+        warehouse = replace(settings.warehouse, spark_dir=home / "spark")
     else:
         warehouse = settings.warehouse
     registry = (home / "registry").as_uri() if settings.registry_uri.startswith("file:") else settings.registry_uri
     return replace(settings, home=home, warehouse=warehouse, registry_uri=registry)
 
 
-def run_demo(settings: Settings | None = None, *, server: bool = False, database: str | None = None,
-             until: date = HISTORY_END) -> dict[str, Any]:
+def run_demo(settings: Settings | None = None, *, server: bool = False, spark: bool = False,
+             database: str | None = None, until: date = HISTORY_END) -> dict[str, Any]:
     """Run the demo and return its summary; `until` is the last simulated day (earlier: a shorter demo).
 
     With `server`, the warehouse is PostgreSQL and the registry is on an S3 API (see `server_targets`;
-    `database` names a PostgreSQL database the demo may drop and recreate).
+    `database` names a PostgreSQL database the demo may drop and recreate). With `spark`, the warehouse
+    is Spark (TIDEMARK_WAREHOUSE_URL when it is spark://, else spark://local[2]), in `demo-spark/`.
     """
     started = time.perf_counter()
     settings = settings or Settings.from_env()
     if until <= FIRST_TRAIN_AS_OF:
         raise DemoError(f"the demo's history must end after its first training date {FIRST_TRAIN_AS_OF} "
                         f"(asked to end on {until})")
+    if spark:
+        if settings.warehouse.kind != "spark":
+            settings = replace(settings, warehouse=replace(parse_warehouse_url(SPARK_WAREHOUSE_URL),
+                                                           spark_dir=settings.home / "spark"))
+        return _run(demo_settings(settings, "demo-spark"), until, started)
     if not server:
         return _run(demo_settings(settings), until, started)
     with server_targets(settings, database) as targets:
