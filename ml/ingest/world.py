@@ -18,6 +18,7 @@ from ml.core.settings import PIPELINE_SCHEMAS, Settings, redacted_url
 from ml.orchestration.intervals import interval_days, parse_day, requested_interval
 
 if TYPE_CHECKING:
+    from ml.core.warehouse import Warehouse
     from ml.ingest.simulate import SimConfig
 
 # The parameters of a world (the simulator's rates are code, not parameters).
@@ -151,9 +152,6 @@ def fix_world(settings: Settings, params: Mapping[str, Any] | None) -> World:
 
 def start_clock(settings: Settings) -> Record:
     """Start the simulated clock (once); the record afterwards."""
-    import sqlalchemy as sa
-
-    from ml.core.tables import simulated_world
     from ml.core.warehouse import Warehouse
 
     found = read_record(settings)
@@ -162,9 +160,24 @@ def start_clock(settings: Settings) -> Record:
                             "land the history first (the bootstrap DAG)")
     if found.clock_started_at is None:
         with Warehouse.connect(settings) as wh:
-            wh.execute(sa.update(simulated_world).values(clock_started_at=_now()))
+            _stamp_clock(wh, found)
         found = read_record(settings)
     return found
+
+
+def _stamp_clock(wh: "Warehouse", found: Record) -> None:
+    """Set the record's clock_started_at to now: an UPDATE, or on Spark, whose Parquet tables take no UPDATE,
+    the one row written anew."""
+    import pyarrow as pa
+    import sqlalchemy as sa
+
+    from ml.core.tables import arrow_schema, simulated_world
+
+    if wh.kind != "spark":
+        wh.execute(sa.update(simulated_world).values(clock_started_at=_now()))
+        return
+    row = {**asdict(found.world), "recorded_at": found.recorded_at, "clock_started_at": _now()}
+    wh.replace_table(simulated_world.fullname, pa.Table.from_pylist([row], schema=arrow_schema(simulated_world)))
 
 
 # -- what the DAGs run ----------------------------------------------------------------------------
@@ -222,6 +235,9 @@ def land_history(settings: Settings, params: Mapping[str, Any] | None) -> dict:
 def _start_over(settings: Settings) -> str:
     if settings.warehouse.kind == "duckdb":
         where = f"remove {settings.warehouse.path}"
+    elif settings.warehouse.kind == "spark":
+        where = (f"drop the schemas {', '.join(PIPELINE_SCHEMAS)} in Spark's catalog "
+                 f"(or remove {settings.warehouse.spark_dir})")
     else:
         where = f"drop the schemas {', '.join(PIPELINE_SCHEMAS)} in {redacted_url(settings.warehouse.url)}"
     return (f"`make airflow-stop`, {where} and the registry at {settings.registry_uri}, or set TIDEMARK_HOME to a "

@@ -63,8 +63,10 @@ def realized_performance(spec: ModelSpec, settings: Settings, day: date) -> dict
         groups = sa.select(rows_of_day.c[key], *labelled).where(rows_of_day.c[when] == day).subquery("g")
         joined = joined.outerjoin(groups, groups.c[key] == known.c[key])
         columns += [groups.c[_group_column(i)] for i in range(len(attributes))]
+    # In a fixed order: the metrics' float sums then come out the same to the last bit on every warehouse and run.
     scored = (sa.select(*columns).select_from(joined)
-              .where(scores.c.model_name == spec.name, scores.c.as_of_date == day))
+              .where(scores.c.model_name == spec.name, scores.c.as_of_date == day)
+              .order_by(scores.c.model_version, scores.c.entity_id))
     with Warehouse.connect(settings, read_only=True) as wh:
         matured = int(wh.scalar(sa.select(sa.func.count()).select_from(known)))
         table = None if matured == 0 or not wh.table_exists(PREDICTIONS) else wh.read_arrow(scored)
