@@ -11,11 +11,11 @@
         select max(loaded_date) as loaded_through
         from {{ ref('int_loaded_days_unioned') }}
     ) as watermark
-    where {{ rows }}.as_of_date + {{ horizon }} <= watermark.loaded_through
+    where {{ add_days(rows ~ '.as_of_date', horizon) }} <= watermark.loaded_through
     {% if date_var('start_date') %}
-        and {{ rows }}.as_of_date + {{ horizon }} >= cast('{{ date_var("start_date") }}' as date)
+        and {{ add_days(rows ~ '.as_of_date', horizon) }} >= cast('{{ date_var("start_date") }}' as date)
     {% endif %}
     {% if date_var('end_date') %}
-        and {{ rows }}.as_of_date + {{ horizon }} <= cast('{{ date_var("end_date") }}' as date)
+        and {{ add_days(rows ~ '.as_of_date', horizon) }} <= cast('{{ date_var("end_date") }}' as date)
     {% endif %}
 {% endmacro %}

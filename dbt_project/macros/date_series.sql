@@ -10,3 +10,7 @@
 {% macro duckdb__date_series(lo, hi) -%}
     cast(unnest(generate_series(cast({{ lo }} as timestamp), cast({{ hi }} as timestamp), interval 1 day)) as date)
 {%- endmacro %}
+
+{% macro spark__date_series(lo, hi) -%}
+    explode(sequence(cast({{ lo }} as date), cast({{ hi }} as date), interval 1 day))
+{%- endmacro %}

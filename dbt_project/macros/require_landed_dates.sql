@@ -29,7 +29,7 @@
         ),
 
         requested as (
-            select {{ date_series('lo - ' ~ (lookback_days | int), 'hi') }} as requested_date, lo
+            select {{ date_series(subtract_days('lo', lookback_days | int), 'hi') }} as requested_date, lo
             from bounds
         ),
 
@@ -49,15 +49,15 @@
         islands as (
             select
                 requested_date,
-                requested_date - cast(row_number() over (order by requested_date) as integer) as island
+                {{ subtract_days('requested_date', 'cast(row_number() over (order by requested_date) as integer)') }} as island
             from missing
         ),
 
         final as (
             select
-                cast(min(islands.requested_date) as varchar) as first_missing,
-                cast(max(islands.requested_date) as varchar) as last_missing,
-                cast(max(span.watermark) as varchar) as watermark
+                cast(min(islands.requested_date) as {{ type_varchar() }}) as first_missing,
+                cast(max(islands.requested_date) as {{ type_varchar() }}) as last_missing,
+                cast(max(span.watermark) as {{ type_varchar() }}) as watermark
             from islands
             cross join span
             group by islands.island

@@ -8,9 +8,8 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
-        unique_key='as_of_date',
-        on_schema_change='fail'
+        on_schema_change='fail',
+        **as_of_date_replacement()
     )
 }}
 
@@ -40,7 +39,7 @@ labelled as (
         cast(
             case
                 when customers.cancel_date > closed.as_of_date
-                    and customers.cancel_date <= closed.as_of_date + {{ horizon }}
+                    and customers.cancel_date <= {{ add_days('closed.as_of_date', horizon) }}
                 then 1 else 0
             end
             as integer

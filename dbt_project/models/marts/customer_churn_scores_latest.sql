@@ -27,13 +27,13 @@ predictions as (
 {%- else -%}
 predictions as (
     select
-        cast(null as varchar) as entity_id,
+        cast(null as {{ type_varchar() }}) as entity_id,
         cast(null as date) as as_of_date,
-        cast(null as varchar) as model_name,
-        cast(null as varchar) as model_version,
-        cast(null as double precision) as score,
+        cast(null as {{ type_varchar() }}) as model_name,
+        cast(null as {{ type_varchar() }}) as model_version,
+        cast(null as {{ type_double() }}) as score,
         cast(null as integer) as predicted_label,
-        cast(null as double precision) as threshold,
+        cast(null as {{ type_double() }}) as threshold,
         cast(null as timestamp) as scored_at
     where 1 = 0
 ),
@@ -46,15 +46,15 @@ prediction_reasons as (
 {%- else -%}
 prediction_reasons as (
     select
-        cast(null as varchar) as entity_id,
+        cast(null as {{ type_varchar() }}) as entity_id,
         cast(null as date) as as_of_date,
-        cast(null as varchar) as model_name,
-        cast(null as varchar) as model_version,
+        cast(null as {{ type_varchar() }}) as model_name,
+        cast(null as {{ type_varchar() }}) as model_version,
         cast(null as integer) as reason_rank,
-        cast(null as varchar) as feature,
-        cast(null as varchar) as feature_value,
-        cast(null as double precision) as contribution,
-        cast(null as double precision) as base_value
+        cast(null as {{ type_varchar() }}) as feature,
+        cast(null as {{ type_varchar() }}) as feature_value,
+        cast(null as {{ type_double() }}) as contribution,
+        cast(null as {{ type_double() }}) as base_value
     where 1 = 0
 ),
 {%- endif %}
@@ -114,7 +114,7 @@ reason_texts as (
         feature_value
         || ' ('
         || case when rounded < 0 then '-' else '+' end
-        || cast(abs(rounded) as varchar)
+        || cast(abs(rounded) as {{ type_varchar() }})
         || ')' as reason
     from latest_reasons
 ),

@@ -19,9 +19,8 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
-        unique_key='as_of_date',
-        on_schema_change='fail'
+        on_schema_change='fail',
+        **as_of_date_replacement()
     )
 }}
 
@@ -87,8 +86,8 @@ cutoffs as (
     from active_customers
     inner join subscriptions
         on subscriptions.customer_id = active_customers.customer_id
-        and subscriptions.valid_from < active_customers.as_of_date + 1
-        and (subscriptions.valid_to is null or subscriptions.valid_to >= active_customers.as_of_date + 1)
+        and subscriptions.valid_from < {{ add_days('active_customers.as_of_date', 1) }}
+        and (subscriptions.valid_to is null or subscriptions.valid_to >= {{ add_days('active_customers.as_of_date', 1) }})
 ),
 
 {#- Every event the windows of [lo, hi] reach: the 89 days before lo, then lo..hi. -#}
@@ -96,21 +95,21 @@ usage_in_reach as (
     select usage_events.*
     from usage_events
     cross join bounds
-    where usage_events.usage_date > bounds.lo - 90 and usage_events.usage_date <= bounds.hi
+    where usage_events.usage_date > {{ subtract_days('bounds.lo', 90) }} and usage_events.usage_date <= bounds.hi
 ),
 
 payments_in_reach as (
     select payments.*
     from payments
     cross join bounds
-    where payments.attempted_date > bounds.lo - 90 and payments.attempted_date <= bounds.hi
+    where payments.attempted_date > {{ subtract_days('bounds.lo', 90) }} and payments.attempted_date <= bounds.hi
 ),
 
 tickets_in_reach as (
     select support_tickets.*
     from support_tickets
     cross join bounds
-    where support_tickets.opened_date > bounds.lo - 90 and support_tickets.opened_date <= bounds.hi
+    where support_tickets.opened_date > {{ subtract_days('bounds.lo', 90) }} and support_tickets.opened_date <= bounds.hi
 ),
 
 {% if formulation == 'windows' %}
@@ -122,9 +121,9 @@ events as (
         usage_events.usage_date as activity_date,
         0 as is_cutoff,
         cast(null as date) as signup_date,
-        cast(null as varchar) as region,
-        cast(null as varchar) as acquisition_channel,
-        cast(null as varchar) as plan_code,
+        cast(null as {{ type_varchar() }}) as region,
+        cast(null as {{ type_varchar() }}) as acquisition_channel,
+        cast(null as {{ type_varchar() }}) as plan_code,
         cast(null as decimal(12, 2)) as monthly_price,
         usage_events.sessions,
         usage_events.minutes,
@@ -171,10 +170,10 @@ customer_days as (
         0.0 as amount_paid,
         0 as tickets,
         0 as billing_tickets,
-        activity_date - cast('1970-01-01' as date) as day_number
+        {{ days_between("cast('1970-01-01' as date)", 'activity_date') }} as day_number
     from cutoffs
     union all
-    select *, activity_date - cast('1970-01-01' as date) as day_number
+    select *, {{ days_between("cast('1970-01-01' as date)", 'activity_date') }} as day_number
     from events
 ),
 
@@ -224,18 +223,18 @@ usage_windows as (
     select
         cutoffs.activity_date as as_of_date,
         cutoffs.customer_id,
-        sum(case when usage_events.usage_date > cutoffs.activity_date - 7 then usage_events.sessions else 0 end) as sessions_7d,
-        sum(case when usage_events.usage_date > cutoffs.activity_date - 30 then usage_events.sessions else 0 end) as sessions_30d,
+        sum(case when usage_events.usage_date > {{ subtract_days('cutoffs.activity_date', 7) }} then usage_events.sessions else 0 end) as sessions_7d,
+        sum(case when usage_events.usage_date > {{ subtract_days('cutoffs.activity_date', 30) }} then usage_events.sessions else 0 end) as sessions_30d,
         sum(usage_events.sessions) as sessions_90d,
-        sum(case when usage_events.usage_date > cutoffs.activity_date - 30 then usage_events.minutes else 0 end) as minutes_30d,
-        sum(case when usage_events.usage_date > cutoffs.activity_date - 7 then 1 else 0 end) as active_days_7d,
-        sum(case when usage_events.usage_date > cutoffs.activity_date - 30 then 1 else 0 end) as active_days_30d,
+        sum(case when usage_events.usage_date > {{ subtract_days('cutoffs.activity_date', 30) }} then usage_events.minutes else 0 end) as minutes_30d,
+        sum(case when usage_events.usage_date > {{ subtract_days('cutoffs.activity_date', 7) }} then 1 else 0 end) as active_days_7d,
+        sum(case when usage_events.usage_date > {{ subtract_days('cutoffs.activity_date', 30) }} then 1 else 0 end) as active_days_30d,
         max(usage_events.usage_date) as last_usage_date
     from cutoffs
     inner join usage_in_reach as usage_events
         on usage_events.customer_id = cutoffs.customer_id
         and usage_events.usage_date <= cutoffs.activity_date
-        and usage_events.usage_date > cutoffs.activity_date - 90
+        and usage_events.usage_date > {{ subtract_days('cutoffs.activity_date', 90) }}
     group by cutoffs.activity_date, cutoffs.customer_id
 ),
 
@@ -243,14 +242,14 @@ payment_windows as (
     select
         cutoffs.activity_date as as_of_date,
         cutoffs.customer_id,
-        sum(case when payments.payment_status = 'failed' and payments.attempted_date > cutoffs.activity_date - 30 then 1 else 0 end) as failed_payments_30d,
+        sum(case when payments.payment_status = 'failed' and payments.attempted_date > {{ subtract_days('cutoffs.activity_date', 30) }} then 1 else 0 end) as failed_payments_30d,
         sum(case when payments.payment_status = 'failed' then 1 else 0 end) as failed_payments_90d,
         sum(case when payments.payment_status = 'succeeded' then payments.amount else 0 end) as amount_paid_90d
     from cutoffs
     inner join payments_in_reach as payments
         on payments.customer_id = cutoffs.customer_id
         and payments.attempted_date <= cutoffs.activity_date
-        and payments.attempted_date > cutoffs.activity_date - 90
+        and payments.attempted_date > {{ subtract_days('cutoffs.activity_date', 90) }}
     group by cutoffs.activity_date, cutoffs.customer_id
 ),
 
@@ -258,14 +257,14 @@ ticket_windows as (
     select
         cutoffs.activity_date as as_of_date,
         cutoffs.customer_id,
-        sum(case when support_tickets.opened_date > cutoffs.activity_date - 30 then 1 else 0 end) as tickets_30d,
+        sum(case when support_tickets.opened_date > {{ subtract_days('cutoffs.activity_date', 30) }} then 1 else 0 end) as tickets_30d,
         count(*) as tickets_90d,
         sum(case when support_tickets.ticket_category = 'billing' then 1 else 0 end) as billing_tickets_90d
     from cutoffs
     inner join tickets_in_reach as support_tickets
         on support_tickets.customer_id = cutoffs.customer_id
         and support_tickets.opened_date <= cutoffs.activity_date
-        and support_tickets.opened_date > cutoffs.activity_date - 90
+        and support_tickets.opened_date > {{ subtract_days('cutoffs.activity_date', 90) }}
     group by cutoffs.activity_date, cutoffs.customer_id
 ),
 
@@ -309,10 +308,10 @@ final as (
     select
         cast(as_of_date as date) as as_of_date,
         cast(customer_id as bigint) as customer_id,
-        cast(plan_code as varchar(16)) as plan_code,
+        cast(plan_code as {{ type_varchar(16) }}) as plan_code,
         cast(monthly_price as decimal(12, 2)) as monthly_price,
-        cast(region as varchar(16)) as region,
-        cast(acquisition_channel as varchar(32)) as acquisition_channel,
+        cast(region as {{ type_varchar(16) }}) as region,
+        cast(acquisition_channel as {{ type_varchar(32) }}) as acquisition_channel,
         cast({{ dbt.datediff('signup_date', 'as_of_date', 'day') }} as integer) as tenure_days,
         cast(sessions_7d as integer) as sessions_7d,
         cast(sessions_30d as integer) as sessions_30d,

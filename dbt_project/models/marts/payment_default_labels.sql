@@ -12,9 +12,8 @@
 {{
     config(
         materialized='incremental',
-        incremental_strategy='delete+insert',
-        unique_key='as_of_date',
-        on_schema_change='fail'
+        on_schema_change='fail',
+        **as_of_date_replacement()
     )
 }}
 
@@ -70,7 +69,7 @@ next_bills as (
     inner join bills
         on bills.customer_id = closed.customer_id
         and bills.bill_date > closed.as_of_date
-        and bills.bill_date <= closed.as_of_date + {{ horizon }}
+        and bills.bill_date <= {{ add_days('closed.as_of_date', horizon) }}
     group by closed.as_of_date, closed.customer_id
 ),
 
@@ -87,7 +86,7 @@ labelled as (
         on bills.customer_id = next_bills.customer_id
         and bills.bill_date = next_bills.bill_date
     where bills.payment_status = 'succeeded'
-        or bills.retry_date <= next_bills.as_of_date + {{ horizon }}
+        or bills.retry_date <= {{ add_days('next_bills.as_of_date', horizon) }}
 )
 
 select * from labelled

@@ -45,7 +45,7 @@ checked as (
 trailing_medians as (
     select
         checked.landed_date,
-        percentile_cont(0.5) within group (order by cast(history.row_count as double precision)) as trailing_median
+        percentile_cont(0.5) within group (order by cast(history.row_count as {{ type_double() }})) as trailing_median
     from checked
     inner join volumes as history
         on history.day_number < checked.day_number

@@ -22,12 +22,12 @@ final as (
     select
         events.event_date,
         events.ingest_date,
-        events.ingest_date - events.event_date as lateness_days
+        {{ days_between('events.event_date', 'events.ingest_date') }} as lateness_days
     from events
     cross join first_load
     where events.event_date > events.ingest_date
         or (
-            events.event_date < events.ingest_date - {{ lateness }}
+            events.event_date < {{ subtract_days('events.ingest_date', lateness) }}
             and events.ingest_date > first_load.first_ingest_date
         )
 )

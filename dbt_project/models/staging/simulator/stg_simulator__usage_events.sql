@@ -10,7 +10,7 @@ renamed as (
         cast(customer_id as bigint) as customer_id,
         cast(usage_date as date) as usage_date,
         cast(sessions as integer) as sessions,
-        cast(minutes as double precision) as minutes,
+        cast(minutes as {{ type_double() }}) as minutes,
         cast(ingest_date as date) as ingest_date
     from source
 )
