@@ -25,6 +25,9 @@ of the simulated business); a backfill is a manual run with conf
    `{"start", "end", "model", "version"}`. A retry or a rerun overwrites; nothing is appended twice.
 4. `refresh_scores_mart` runs `dbt build --select tag:scores` (`marts.customer_churn_scores_latest`).
 
+On Spark the shard tasks do nothing (they say so in their log), and `publish` scores and explains every
+row on Spark's executors and overwrites the day's partitions of both tables (`ml.scoring.spark`).
+
 Every task that opens the warehouse queues in the `warehouse` pool: DuckDB lets no reader in while
 a writer holds the file. On PostgreSQL, give the pool more slots to score the shards in parallel.
 """

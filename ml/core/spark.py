@@ -163,8 +163,35 @@ def session(target: "WarehouseTarget") -> "SparkSession":
         release()
         raise SparkUnavailable(problem) from exc
     spark.sparkContext.setLogLevel("ERROR")
+    if not target.master.startswith("local"):
+        spark.sparkContext.addPyFile(str(_package_zip(target)))
     _session, _session_key = spark, key
     return spark
+
+
+def _package_zip(target: "WarehouseTarget") -> Path:
+    """The `ml` package as a zip for the executors' Python path: a cluster's workers do not have this checkout, and
+    their Python workers import the scoring code from it. Named by its contents, so a changed package is shipped anew."""
+    import hashlib
+    import zipfile
+
+    import ml
+
+    root = Path(ml.__file__).resolve().parent
+    files = sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root.parent)).encode())
+        digest.update(path.read_bytes())
+    out = target.spark_dir / "cache" / f"tidemark-{digest.hexdigest()[:16]}.zip"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(f".{out.name}.{os.getpid()}")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in files:
+                archive.write(path, path.relative_to(root.parent))
+        partial.replace(out)
+    return out
 
 
 def release() -> None:

@@ -2,7 +2,8 @@
 
 Statements are the same SQLAlchemy Core, compiled by the Spark variant of the dialect and run by
 `spark.sql` with their values as named arguments. Rows arrive as Arrow (a DataFrame made from Arrow
-batches, or Parquet files read by Spark) and leave as Arrow (`DataFrame.toArrow`).
+batches, or Parquet files read by Spark), or as a DataFrame computed on the executors (written from
+there, never collected), and leave as Arrow (`DataFrame.toArrow`).
 
 Spark's Parquet tables cannot delete rows and have no transactions, so a replace overwrites whole
 partitions: a table partitioned by its replace key (ml.core.tables.SPARK_PARTITIONS) has exactly
@@ -15,6 +16,7 @@ in, without rows until the replace is run again; it never holds both.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -46,13 +48,17 @@ class SparkTables:
 
     def frame(self, statement: Statement) -> "DataFrame":
         sql, params = compiled(statement, "spark")
-        return self.spark.sql(sql, args=params or None)
+        # pyspark reads a naive datetime argument in this process's local zone; ml's naive datetimes are UTC
+        args = {k: v.replace(tzinfo=timezone.utc) if isinstance(v, datetime) and v.tzinfo is None else v
+                for k, v in (params or {}).items()}
+        return self.spark.sql(sql, args=args or None)
 
     def execute(self, statement: Statement) -> None:
         self.frame(statement)  # commands run when spark.sql is called
 
     def rows(self, statement: Statement) -> list[dict[str, Any]]:
-        return [row.asDict(recursive=True) for row in self.frame(statement).collect()]
+        # Through Arrow, not collect(): collect() turns timestamps into this process's local time.
+        return _normalized(self.frame(statement).toArrow()).to_pylist()
 
     def table_exists(self, qualified: str) -> bool:
         schema, name = split_name(qualified)
@@ -130,9 +136,14 @@ class SparkTables:
         return [c.name for c in self.spark.catalog.listColumns(qualify(qualified, "spark")) if c.isPartition]
 
     def _incoming(self, schema: pa.Schema, rows) -> tuple["DataFrame", int]:
-        """A part's rows as a DataFrame, with how many there are."""
+        """A part's rows as a DataFrame, with how many there are (a DataFrame's are counted: cache it first when
+        computing it twice costs)."""
+        from pyspark.sql import DataFrame
+
         if isinstance(rows, pa.Table):
             return self._frame_of(rows.select(schema.names)), rows.num_rows
+        if isinstance(rows, DataFrame):
+            return rows.select(*schema.names), rows.count()
         files = [str(Path(f)) for f in rows]
         n = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
         frame = self.spark.read.parquet(*files).select(*schema.names) if files else None

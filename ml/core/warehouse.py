@@ -34,7 +34,8 @@ from ml.core.sql import (
 from ml.core.tables import declared, from_arrow
 
 _COPY_CHUNK = 1 << 20
-# Rows to write: an Arrow table, or Parquet files read in batches.
+# Rows to write: an Arrow table, or Parquet files read in batches; on Spark also a pyspark DataFrame computed on
+# the executors (ml.core.spark_tables), written from there.
 Rows = Union[pa.Table, Sequence[Path]]
 # A part of a replace: the rows matching every `column = value`, and the rows that replace them.
 Part = tuple[Mapping[str, Any], Rows]

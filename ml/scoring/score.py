@@ -8,6 +8,9 @@ codes of its explained rows (ml.scoring.explain, the spec's `explain`) in a seco
 of every shard's files, all days in one transaction, so a retry, a rerun or an overlapping backfill never
 duplicates or drops a row, and reasons always belong to the scores beside them. Which rows are explained, and
 how publishing cuts a day's top across shards: ml.scoring.reasons.
+
+On Spark the shards do nothing: publishing scores and explains every row on Spark's executors and overwrites
+the days' partitions from there, one table after the other (ml.scoring.spark says why and what a kill leaves).
 """
 
 from __future__ import annotations
@@ -88,20 +91,21 @@ def score_shard(
 
     Returns the model, version, run and explain settings, and per day the files and their row counts.
     Rerunning it rewrites the same files. `on_day(shard, day, rows)` is called as each day's files are written.
+    On Spark it scores nothing and writes no files: publishing scores every row there (ml.scoring.spark).
     """
     if not 0 <= shard < shards:
         raise ScoringError(f"shard {shard} is not in [0, {shards})")
     if not days:
         raise ScoringError("no days to score")
+    if settings.warehouse.kind == "spark":
+        from ml.scoring.spark import planned_shard
+
+        return planned_shard(spec, settings, days, shard, shards, run_id, _utc_naive(scored_at), version)
     model, manifest, version = load_champion(spec, settings, version)
     relation = dbt_relation(settings.dbt_manifest, spec.features.relation)
     schema: FeatureSchema = model.features
-    missing = [c for c in [spec.entity_key, *schema.columns] if c not in relation.columns]
-    if missing:
-        raise ScoringError(f"{spec.name} {version} needs columns {missing}, which {relation.name!r} no longer has; "
-                           "retrain the model on the current feature contract")
-    constants = {"model_name": spec.name, "model_version": version, "threshold": float(manifest["threshold"]),
-                 "scored_at": _utc_naive(scored_at)}
+    check_columns(spec, relation, schema, version)
+    constants = run_constants(spec, manifest, version, scored_at)
     folder = run_folder(settings, run_id)
     files = {}
     with Warehouse.connect(settings, read_only=True) as wh:
@@ -140,17 +144,38 @@ def reasons_folder(folder: Path, day: date) -> Path:
     return folder / "reasons" / day.isoformat()
 
 
-def _shard_sql(wh: Warehouse, spec: ModelSpec, relation: Relation, schema: FeatureSchema, day: date,
-               shard: int, shards: int) -> sa.Select:
+def check_columns(spec: ModelSpec, relation: Relation, schema: FeatureSchema, version: str) -> None:
+    """ScoringError when the feature relation lacks a column that the model version needs."""
+    missing = [c for c in [spec.entity_key, *schema.columns] if c not in relation.columns]
+    if missing:
+        raise ScoringError(f"{spec.name} {version} needs columns {missing}, which {relation.name!r} no longer has; "
+                           "retrain the model on the current feature contract")
+
+
+def run_constants(spec: ModelSpec, manifest: Mapping[str, Any], version: str, scored_at: datetime | str) -> dict:
+    """The values every prediction row of a run shares: model, version, decision threshold and scoring time."""
+    return {"model_name": spec.name, "model_version": version, "threshold": float(manifest["threshold"]),
+            "scored_at": _utc_naive(scored_at)}
+
+
+def day_sql(spec: ModelSpec, relation: Relation, schema: FeatureSchema, day: date) -> sa.Select:
+    """The feature rows of a day that the model scores: the entity key, the time column and the model's columns."""
     keys = [spec.entity_key] + ([spec.time_column] if spec.time_column else [])
     cols = list(dict.fromkeys([*keys, *schema.columns]))
     features = named_table(relation.qualified, *cols)
     query = sa.select(*(features.c[c] for c in cols))
     if spec.time_column:
         query = query.where(features.c[spec.time_column] == day)
+    return query
+
+
+def _shard_sql(wh: Warehouse, spec: ModelSpec, relation: Relation, schema: FeatureSchema, day: date,
+               shard: int, shards: int) -> sa.Select:
+    query = day_sql(spec, relation, schema, day)
     if shards > 1:
+        key = query.selected_columns[spec.entity_key]
         integer = "int" in relation.columns[spec.entity_key]
-        query = query.where(wh.bucket(features.c[spec.entity_key], shards, integer=integer) == shard)
+        query = query.where(wh.bucket(key, shards, integer=integer) == shard)
     return query
 
 
@@ -214,10 +239,20 @@ def _utc_naive(moment: datetime | str) -> datetime:
 def publish_predictions(spec: ModelSpec, settings: Settings, shard_results: Sequence[Mapping[str, Any]]) -> dict:
     """Replace each scored day's partition of ml.predictions, and of ml.prediction_reasons, with every shard's
     rows, in one transaction. A run that explains nothing (explain.top_k 0) leaves those days without reasons.
+    On Spark, it scores and explains the days on the executors first (ml.scoring.spark.score_and_publish).
 
     Returns the model, version, interval, and rows and reasons per day.
     """
     days = _check_shards(spec, shard_results)
+    if settings.warehouse.kind == "spark":
+        from ml.scoring.spark import score_and_publish
+
+        return score_and_publish(spec, settings, days, shard_results[0]["version"], shard_results[0]["scored_at"],
+                                 before_commit=_pause_for_tests(settings.publish_pause_s))
+    if any(r.get("scored_in") == "publish" for r in shard_results):
+        raise ScoringError(f"the shard results of run {shard_results[0]['run_id']!r} were planned for Spark, which "
+                           f"scores in publish, but the warehouse is {settings.warehouse.kind}; rerun the run's "
+                           "shard tasks on this warehouse")
     parts, reason_parts, rows, reasons = [], [], {}, {}
     for day in days:
         files = [Path(r["days"][day]["path"]) for r in shard_results]
@@ -228,10 +263,7 @@ def publish_predictions(spec: ModelSpec, settings: Settings, shard_results: Sequ
                                "(rerun the run's shard tasks)")
         rows[day] = sum(r["days"][day]["rows"] for r in shard_results)
         parts.append(({"model_name": spec.name, "as_of_date": date.fromisoformat(day)}, files))
-    empty = [day for day, n in rows.items() if n == 0]
-    if empty:
-        raise ScoringError(f"no feature rows to score on {empty} in {spec.features.relation!r}; build the features "
-                           "for those dates first (the build_features DAG or `python -m ml dbt build`)")
+    check_rows(spec, rows)
     for day, (where, _) in zip(days, parts):
         files, reasons[day] = day_reasons(spec, shard_results, day, rows[day],
                                          lambda: load_champion(spec, settings, shard_results[0]["version"])[0])
@@ -245,6 +277,14 @@ def publish_predictions(spec: ModelSpec, settings: Settings, shard_results: Sequ
              sum(reasons.values()), spec.name, shard_results[0]["version"], len(days), seconds)
     return {"model": spec.name, "version": shard_results[0]["version"], "start": days[0], "end": days[-1],
             "rows": rows, "reasons": reasons, "seconds": round(seconds, 3)}
+
+
+def check_rows(spec: ModelSpec, rows: Mapping[str, int]) -> None:
+    """ScoringError naming the days (of `{day: rows}`) that have no feature rows to score."""
+    empty = [day for day, n in rows.items() if n == 0]
+    if empty:
+        raise ScoringError(f"no feature rows to score on {empty} in {spec.features.relation!r}; build the features "
+                           "for those dates first (the build_features DAG or `python -m ml dbt build`)")
 
 
 def _check_shards(spec: ModelSpec, results: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -309,7 +349,8 @@ def score_days(
 ) -> dict:
     """Score and publish `days` with every shard in this process: what the command line and demo run.
 
-    `on_day(shard, day, rows)` is called as each shard finishes each day, before anything is published.
+    `on_day(shard, day, rows)` is called as each shard finishes each day, before anything is published (on
+    Spark, where the shards score nothing, it is not called).
     """
     version = version or champion_version(settings, spec.name)
     scored_at = scored_at or datetime.now(timezone.utc)
