@@ -35,6 +35,10 @@ _session: "SparkSession | None" = None
 _session_key: tuple | None = None
 
 
+_NO_PYSPARK = ("TIDEMARK_WAREHOUSE_URL names Spark, but pyspark is not installed: run `make install-spark` "
+               "(pyspark and dbt-spark, from requirements-spark.txt)")
+
+
 class SparkUnavailable(TidemarkError, RuntimeError):
     """Spark cannot start here: pyspark or Java is missing, or the metastore is held by another process."""
 
@@ -131,6 +135,17 @@ def _require_master(master: str) -> None:
                                "or fix TIDEMARK_WAREHOUSE_URL (spark://host:7077)") from None
 
 
+def check_startable(target: "WarehouseTarget") -> None:
+    """SparkUnavailable, saying what to do, when a session of `target` could not start: no pyspark, no Java, or
+    a standalone master that does not answer."""
+    try:
+        import pyspark  # noqa: F401
+    except ImportError:
+        raise SparkUnavailable(_NO_PYSPARK) from None
+    require_java()
+    _require_master(target.master)
+
+
 def session(target: "WarehouseTarget") -> "SparkSession":
     """This process's Spark session for `target`, started on first use and kept until `release`."""
     global _session, _session_key
@@ -141,8 +156,7 @@ def session(target: "WarehouseTarget") -> "SparkSession":
     try:
         from pyspark.sql import SparkSession
     except ImportError:
-        raise SparkUnavailable("TIDEMARK_WAREHOUSE_URL names Spark, but pyspark is not installed: "
-                               "run `make install-spark` (pyspark and dbt-spark, from requirements-spark.txt)") from None
+        raise SparkUnavailable(_NO_PYSPARK) from None
     require_java()
     _require_master(target.master)
     conf = settings_of(target)
@@ -164,7 +178,9 @@ def session(target: "WarehouseTarget") -> "SparkSession":
         raise SparkUnavailable(problem) from exc
     spark.sparkContext.setLogLevel("ERROR")
     if not target.master.startswith("local"):
+        path = list(sys.path)
         spark.sparkContext.addPyFile(str(_package_zip(target)))
+        sys.path[:] = path  # the driver imports ml from this checkout; the zip's copy is the executors' alone
     _session, _session_key = spark, key
     return spark
 

@@ -111,14 +111,21 @@ def _check_warehouse(args: Sequence[str], settings: Settings) -> None:
     command = next((arg for arg in args if not arg.startswith("-")), None)
     if command is None or command in _NO_WAREHOUSE:
         return
-    from ml.core.warehouse import Warehouse
+    from ml.core.warehouse import Warehouse, WarehouseError
 
+    if settings.warehouse.kind == "spark":
+        # Starting a session to check would cost a JVM, and hold the metastore that dbt's own session needs:
+        # check what Spark needs to start, and end this process's session so that dbt's may open the catalog.
+        from ml.core.spark import SparkUnavailable, check_startable, release
+
+        try:
+            check_startable(settings.warehouse)
+        except SparkUnavailable as exc:
+            raise WarehouseError(str(exc)) from exc
+        release()
+        return
     with Warehouse.connect(settings):
         pass
-    if settings.warehouse.kind == "spark":  # dbt's own process opens the catalog's metastore, which admits one
-        from ml.core.spark import release
-
-        release()
 
 
 def dbt_executable() -> str:

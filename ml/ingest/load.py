@@ -15,6 +15,8 @@ from ml.ingest.simulate import SimConfig, simulate
 
 log = logging.getLogger(__name__)
 RAW_SCHEMA = "raw"
+# Days per replace on Spark (see load_days).
+_SPARK_BATCH_DAYS = 31
 
 
 @dataclass
@@ -44,14 +46,32 @@ def load_days(
     report = IngestReport()
     started = time.perf_counter()
     with Warehouse.connect(settings) as wh:
+        # Spark overwrites partitions in one job per table, whose fixed cost dwarfs a day's rows: days go in
+        # batches there, each day still its own partition. Elsewhere each day is its own transaction.
+        batch_days = _SPARK_BATCH_DAYS if wh.kind == "spark" else 1
+        pending: list[tuple[date, dict]] = []
+
+        def flush() -> None:
+            plan: dict[str, tuple] = {}
+            for day, tables in pending:
+                for name, table in tables.items():
+                    schema, parts = plan.setdefault(f"{RAW_SCHEMA}.{name}", (table.schema, []))
+                    parts.append(({"ingest_date": day}, table))
+            if plan:
+                wh.replace_tables(plan)
+            for day, tables in pending:
+                report.days.append(day)
+                if on_day:
+                    on_day(day, sum(table.num_rows for table in tables.values()))
+            pending.clear()
+
         for day, tables in simulate(cfg, only=days):
-            qualified = {f"{RAW_SCHEMA}.{name}": table for name, table in tables.items()}
-            n = wh.replace_partitions("ingest_date", day, qualified)
             for name, table in tables.items():
                 report.rows[name] = report.rows.get(name, 0) + table.num_rows
-            report.days.append(day)
-            if on_day:
-                on_day(day, n)
+            pending.append((day, tables))
+            if len(pending) >= batch_days:
+                flush()
+        flush()
     report.seconds = time.perf_counter() - started
     log.info("loaded %d raw rows for %d day(s) in %.1fs", report.total_rows, len(report.days), report.seconds)
     return report

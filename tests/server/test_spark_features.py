@@ -1,7 +1,7 @@
 """The dbt project builds the same feature and label marts on Spark as on DuckDB, from the same history.
 
 One small simulated history is loaded into a DuckDB warehouse and into a Spark catalog of its own
-(spark://local[2], an embedded metastore under the module's home), and dbt builds the marts on each.
+(the standalone cluster of tests/server/conftest.py, an embedded metastore under the module's home), and dbt builds the marts on each.
 Spark runs in this process to load and read, and in dbt's process to build. The metastore admits one
 process at a time: run_dbt releases this process's Spark (ml.core.spark.release) before dbt starts,
 and the session that a test opens to read stays up until the next dbt run or the module's end.
@@ -77,11 +77,11 @@ def _assert_same_rows(spark: pa.Table, duckdb: pa.Table, mart: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def warehouses(tmp_path_factory) -> dict[str, Settings]:
+def warehouses(tmp_path_factory, spark_master: str) -> dict[str, Settings]:
     """The same history and marts built on DuckDB and on Spark; the DuckDB side while Spark loads."""
     duckdb_home = tmp_path_factory.mktemp("duckdb")
     duckdb = _settings(duckdb_home, f"duckdb:///{duckdb_home / 'warehouse.duckdb'}")
-    spark = _settings(tmp_path_factory.mktemp("spark"), "spark://local[2]")
+    spark = _settings(tmp_path_factory.mktemp("spark"), spark_master)
 
     def build_duckdb() -> DbtResult:
         _load_history(duckdb)

@@ -2,7 +2,7 @@
 
 The module simulates a small history on DuckDB, builds its feature mart with dbt, fits a small LightGBM champion
 into the registry of its own TIDEMARK_HOME, and copies two days of the feature mart into a Spark warehouse
-(spark://local[2], its metastore in the same home). Spark scores on its executors (mapInArrow) and publishes by
+(the standalone cluster of tests/server/conftest.py, its metastore in the same home). Spark scores on its executors (mapInArrow) and publishes by
 partition overwrite; the DuckDB runs are the reference. The Spark session is released before a child process
 opens the same metastore, and the killed child's JVM is gone before this process opens it again.
 """
@@ -36,22 +36,22 @@ FIRST_RUN, SECOND_RUN, KILLED_RUN = datetime(2025, 6, 1, 8, 0), datetime(2025, 6
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, spark_master: str):
     """DuckDB and Spark settings in one home (one registry, one champion), both holding EARLIER's and DAY's
     feature rows, and the spec; the Spark session is released afterwards."""
     with pytest.MonkeyPatch.context() as mp:
         # The executors' Python workers run this interpreter, which has the model libraries.
         mp.setenv("PYSPARK_PYTHON", sys.executable)
         try:
-            yield _spark_world(tmp_path_factory.mktemp("spark_scoring"))
+            yield _spark_world(tmp_path_factory.mktemp("spark_scoring"), spark_master)
         finally:
             release()
 
 
-def _spark_world(home: Path) -> dict:
+def _spark_world(home: Path, master: str) -> dict:
     """The world of this module in `home` (see `world`)."""
     duck = Settings.from_env({"TIDEMARK_HOME": str(home)})
-    spark = Settings.from_env({"TIDEMARK_HOME": str(home), "TIDEMARK_WAREHOUSE_URL": "spark://local[2]"})
+    spark = Settings.from_env({"TIDEMARK_HOME": str(home), "TIDEMARK_WAREHOUSE_URL": master})
     load_days(SIM, None, settings=duck)
     built = run_dbt(["run", "--select", "+customer_features_daily"], settings=duck, capture=True)
     assert built.success, built.output[-3000:]

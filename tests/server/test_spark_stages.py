@@ -1,7 +1,7 @@
 """Training and monitoring on Spark for real: the same rows in, the same rows out as on DuckDB.
 
 The module simulates a small history with a drift event on DuckDB, builds its feature and label marts with
-dbt, and copies both marts into a Spark warehouse (spark://local[2], its metastore in the same home, so one
+dbt, and copies both marts into a Spark warehouse (the standalone cluster of tests/server/conftest.py, its metastore in the same home, so one
 registry serves both). A logistic champion is trained on Spark, which also writes its promotion and fairness
 rows there. The same predictions go into both warehouses, and monitoring one day on each must write the
 same drift, realized performance and fairness rows: DuckDB's are the reference.
@@ -48,12 +48,12 @@ def _spec() -> ModelSpec:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, spark_master: str):
     """DuckDB and Spark settings in one home, both holding the marts; the champion trained on Spark, downloaded;
     the Spark session released afterwards."""
     home = tmp_path_factory.mktemp("spark_stages")
     duck = Settings.from_env({"TIDEMARK_HOME": str(home)})
-    spark = Settings.from_env({"TIDEMARK_HOME": str(home), "TIDEMARK_WAREHOUSE_URL": "spark://local[2]"})
+    spark = Settings.from_env({"TIDEMARK_HOME": str(home), "TIDEMARK_WAREHOUSE_URL": spark_master})
     try:
         yield _world(home, duck, spark)
     finally:
