@@ -119,15 +119,16 @@ def parse_warehouse_url(url: str, *, variable: str = "TIDEMARK_WAREHOUSE_URL") -
                 raise SettingsError(f"{variable}={url!r}: a local Spark is spark://local[N] (N cores) or "
                                     f"spark://local[*]. Valid examples: {WAREHOUSE_EXAMPLES}")
             return WarehouseTarget(kind="spark", url=url, master=rest)
-        parts = urlsplit(url)
         try:
-            port = parts.port or 7077
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port or 7077
         except ValueError as exc:
-            raise SettingsError(f"{variable}={url!r} has a bad port ({exc}). Valid examples: {WAREHOUSE_EXAMPLES}")
-        if not parts.hostname or parts.path.strip("/"):
+            raise SettingsError(f"{variable}={url!r}: give a standalone master as spark://host:7077 ({exc}). "
+                                f"Valid examples: {WAREHOUSE_EXAMPLES}") from None
+        if not host or parts.path.strip("/"):
             raise SettingsError(f"{variable}={url!r}: give a standalone master as spark://host:7077. "
                                 f"Valid examples: {WAREHOUSE_EXAMPLES}")
-        return WarehouseTarget(kind="spark", url=url, master=f"spark://{parts.hostname}:{port}")
+        return WarehouseTarget(kind="spark", url=url, master=f"spark://{host}:{port}")
     raise SettingsError(f"{variable}={url!r} is not a supported warehouse URL. Valid examples: {WAREHOUSE_EXAMPLES}")
 
 

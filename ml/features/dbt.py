@@ -67,7 +67,7 @@ def invoke_dbt(args: Sequence[str], *, settings: Settings | None = None) -> DbtR
     from dbt.cli.main import dbtRunner
 
     settings = settings or Settings.from_env()
-    _check_warehouse(args, settings)
+    _check_warehouse(args, settings, in_process=True)
     lines: list[str] = []
 
     def keep(event) -> None:
@@ -105,7 +105,7 @@ def _environment(values: Mapping[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _check_warehouse(args: Sequence[str], settings: Settings) -> None:
+def _check_warehouse(args: Sequence[str], settings: Settings, *, in_process: bool = False) -> None:
     """Open and close the warehouse before a dbt command that needs it, so that a warehouse which cannot be
     opened is one WarehouseError saying what to do rather than dbt's tracebacks."""
     command = next((arg for arg in args if not arg.startswith("-")), None)
@@ -115,14 +115,16 @@ def _check_warehouse(args: Sequence[str], settings: Settings) -> None:
 
     if settings.warehouse.kind == "spark":
         # Starting a session to check would cost a JVM, and hold the metastore that dbt's own session needs:
-        # check what Spark needs to start, and end this process's session so that dbt's may open the catalog.
+        # check what Spark needs to start. dbt in this process takes this process's session; a dbt process of
+        # its own needs the metastore, so this process's session ends first.
         from ml.core.spark import SparkUnavailable, check_startable, release
 
         try:
             check_startable(settings.warehouse)
         except SparkUnavailable as exc:
             raise WarehouseError(str(exc)) from exc
-        release()
+        if not in_process:
+            release()
         return
     with Warehouse.connect(settings):
         pass

@@ -116,3 +116,28 @@ def test_postgresql_sessions_of_dbt_and_ml_run_without_jit():
     s = Settings.from_env({"TIDEMARK_WAREHOUSE_URL": "postgresql://ana@db.example:5432/sales"})
     assert "options='-c jit=off'" in s.warehouse.dsn()
     assert s.dbt_env()["PGOPTIONS"] == "-c jit=off"
+
+
+def test_spark_urls_give_a_local_master_or_a_standalone_one_and_the_catalog_under_home(tmp_path):
+    local = Settings.from_env({"TIDEMARK_HOME": str(tmp_path), "TIDEMARK_WAREHOUSE_URL": "spark://local[2]"})
+    assert (local.warehouse.kind, local.warehouse.master) == ("spark", "local[2]")
+    assert local.warehouse.spark_dir == tmp_path / "spark"
+    cluster = Settings.from_env({"TIDEMARK_HOME": str(tmp_path), "TIDEMARK_WAREHOUSE_URL": "spark://spark-head",
+                                 "TIDEMARK_SPARK_CONF": "spark.executor.memory=4g, spark.sql.shuffle.partitions=64"})
+    assert cluster.warehouse.master == "spark://spark-head:7077"
+    assert cluster.warehouse.spark_conf == (("spark.executor.memory", "4g"), ("spark.sql.shuffle.partitions", "64"))
+    assert cluster.airflow_env()["TIDEMARK_SPARK_DIR"] == str(tmp_path / "spark")
+
+
+@pytest.mark.parametrize("url", ["spark://locl[2]", "spark://local[x]", "spark://host:99999", "spark://host:7077/db"])
+def test_a_bad_spark_url_names_the_variable_and_the_two_forms(url):
+    with pytest.raises(SettingsError) as caught:
+        parse_warehouse_url(url)
+    message = str(caught.value)
+    assert "TIDEMARK_WAREHOUSE_URL" in message and "spark://local[2]" in message and "spark://host:7077" in message
+
+
+def test_a_spark_setting_that_is_not_key_value_names_the_variable(tmp_path):
+    with pytest.raises(SettingsError, match="TIDEMARK_SPARK_CONF"):
+        Settings.from_env({"TIDEMARK_HOME": str(tmp_path), "TIDEMARK_WAREHOUSE_URL": "spark://local[2]",
+                           "TIDEMARK_SPARK_CONF": "executor.memory"})
