@@ -153,12 +153,9 @@ def session(target: "WarehouseTarget") -> "SparkSession":
     if _session is not None and _session_key == key and _session.sparkContext._jsc is not None:
         return _session
     release()
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise SparkUnavailable(_NO_PYSPARK) from None
-    require_java()
-    _require_master(target.master)
+    check_startable(target)
+    from pyspark.sql import SparkSession
+
     conf = settings_of(target)
     os.environ["SPARK_CONF_DIR"] = str(write_conf(target))  # the JVM that starts now reads it too
     if target.master.startswith("local") or urlsplit(target.master).hostname in _LOOPBACK:
