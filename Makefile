@@ -94,8 +94,9 @@ browser:
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "no chromium: install it (sudo apt-get install chromium) or the browser test is skipped"; fi; }
 
+# Two workers: the Airflow service modules in one, Spark and the server demo beside them (tests/server/conftest.py).
 test-server: install-spark browser
-	$(PY) -m pytest tests/server
+	$(PY) -m pytest tests/server -n 2 --dist loadgroup
 
 airflow: install
 	$(PY) -m ml airflow start

@@ -14,8 +14,8 @@ catalog with its embedded metastore), removed at the end. The figures go to TIDE
    - session start: ml.core.spark.session in this process: JVM, SparkContext and the metastore's first query.
    - in-process: dbt's programmatic runner in this process, with the Spark session already up (dbt-spark's
      session method takes the running session). What remains is dbt's own start (partial parse, compile) and
-     the queries. `ml.features.dbt.invoke_dbt` itself is not used: on Spark it releases the session before dbt
-     starts, which makes every call a cold JVM start.
+     the queries. This is how `ml.features.dbt.invoke_dbt` runs dbt (the Airflow tasks' way on Spark); the
+     bench calls dbt's runner itself to pass its own target folder and flags.
    For each, the wall time and the model's own execution time from run_results.json. Afterwards the rows
    for D must be the same on both warehouses (columns, types and values).
 

@@ -2,13 +2,15 @@
 
 One small simulated history is loaded into a DuckDB warehouse and into a Spark catalog of its own
 (the standalone cluster of tests/server/conftest.py, an embedded metastore under the module's home), and dbt builds the marts on each.
-Spark runs in this process to load and read, and in dbt's process to build. The metastore admits one
-process at a time: run_dbt releases this process's Spark (ml.core.spark.release) before dbt starts,
-and the session that a test opens to read stays up until the next dbt run or the module's end.
+The first build runs dbt in a process of its own, as `python -m ml dbt` does: the metastore admits one process
+at a time, so run_dbt releases this process's Spark (ml.core.spark.release) before dbt starts. The daily runs
+after it run dbt in this process, as the Airflow tasks do on Spark (invoke_dbt): dbt takes the session this
+process has open, and no other JVM starts.
 """
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
@@ -20,7 +22,7 @@ import pytest
 from ml.core.settings import Settings
 from ml.core.spark import release
 from ml.core.warehouse import Warehouse
-from ml.features.dbt import DbtResult, run_dbt
+from ml.features.dbt import DbtResult, invoke_dbt, run_dbt
 from ml.ingest.load import RAW_SCHEMA
 from ml.ingest.simulate import SimConfig, simulate
 
@@ -56,6 +58,12 @@ def _dbt(settings: Settings, command: str, *args: str, vars: dict | None = None)
     """dbt with its artifacts and logs in the warehouse's home, apart from other runs in this checkout."""
     env = {"DBT_TARGET_PATH": str(settings.home / "dbt-target"), "DBT_LOG_PATH": str(settings.home / "dbt-logs")}
     return run_dbt([command, *args], settings=settings, vars=vars, capture=True, env=env)
+
+
+def _dbt_here(settings: Settings, command: str, *args: str, vars: dict | None = None) -> DbtResult:
+    """dbt in this process, on this process's Spark session, its artifacts and logs in the warehouse's home."""
+    paths = ["--target-path", str(settings.home / "dbt-target"), "--log-path", str(settings.home / "dbt-logs")]
+    return invoke_dbt([command, *args, *(["--vars", json.dumps(vars)] if vars else []), *paths], settings=settings)
 
 
 def _marts(settings: Settings, where: str = "true") -> dict[str, pa.Table]:
@@ -126,12 +134,12 @@ def test_a_daily_run_on_spark_replaces_its_day_only(warehouses):
             ({"as_of_date": before}, spoiled.filter(pc.equal(spoiled["as_of_date"], pa.scalar(before)))),
         ])
 
-    result = _dbt(spark, "run", "--select", "customer_features_daily", "churn_labels", "payment_default_labels",
-                  vars={"start_date": str(day), "end_date": str(day)})
+    result = _dbt_here(spark, "run", "--select", "customer_features_daily", "churn_labels", "payment_default_labels",
+                       vars={"start_date": str(day), "end_date": str(day)})
     assert result.success, result.output[-4000:]
     # a date that has not landed is refused, naming it, before anything is replaced
-    refused = _dbt(spark, "run", "--select", "customer_features_daily",
-                   vars={"start_date": str(day + timedelta(days=1)), "end_date": str(day + timedelta(days=1))})
+    refused = _dbt_here(spark, "run", "--select", "customer_features_daily",
+                        vars={"start_date": str(day + timedelta(days=1)), "end_date": str(day + timedelta(days=1))})
     assert not refused.success
     assert f"refusing as-of dates that have not landed: {day + timedelta(days=1)}" in refused.output
 
