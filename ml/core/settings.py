@@ -170,7 +170,10 @@ def _with_spark_settings(target: WarehouseTarget, env: Mapping[str, str], home: 
 
 
 def redacted_url(url: str) -> str:
-    """A URL with its password replaced by ***, for summaries and logs."""
+    """A URL with its password replaced by ***, for summaries and logs. One without user info is returned as
+    it is (urlsplit refuses `spark://local[2]`: its brackets are not an IPv6 host)."""
+    if "@" not in url:
+        return url
     parts = urlsplit(url)
     userinfo, _, host = parts.netloc.rpartition("@")
     if ":" not in userinfo:

@@ -63,6 +63,9 @@ def settings_of(target: "WarehouseTarget") -> dict[str, str]:
         "spark.sql.ansi.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.memory": "2g",
+        # The embedded Derby metastore can fail a partition filter late in a long session (its direct SQL:
+        # "ResultSet not open"); Spark then reads the table's partition list and filters it itself.
+        "spark.sql.hive.metastorePartitionPruningFallbackOnException": "true",
     }
     if target.master.startswith("local"):
         conf["spark.sql.shuffle.partitions"] = _LOCAL_SHUFFLE_PARTITIONS

@@ -74,6 +74,8 @@ def test_redacted_url_hides_only_the_password():
     assert redacted_url("postgresql+psycopg2://u:s3cret@db/af") == "postgresql+psycopg2://u:***@db/af"
     assert redacted_url("postgresql://postgres@127.0.0.1:5432/wh") == "postgresql://postgres@127.0.0.1:5432/wh"
     assert redacted_url("duckdb:////tmp/w.duckdb") == "duckdb:////tmp/w.duckdb"
+    assert redacted_url("spark://local[2]") == "spark://local[2]"  # the demo's summary on Spark
+    assert redacted_url("spark://spark-head:7077") == "spark://spark-head:7077"
 
 
 def test_dbt_env_without_secrets_leaves_out_only_the_password():
@@ -141,3 +143,16 @@ def test_a_spark_setting_that_is_not_key_value_names_the_variable(tmp_path):
     with pytest.raises(SettingsError, match="TIDEMARK_SPARK_CONF"):
         Settings.from_env({"TIDEMARK_HOME": str(tmp_path), "TIDEMARK_WAREHOUSE_URL": "spark://local[2]",
                            "TIDEMARK_SPARK_CONF": "executor.memory"})
+
+
+def test_dbt_and_tidemark_start_spark_with_one_conf_the_users_pairs_last(tmp_path):
+    from ml.core.spark import settings_of, write_conf
+
+    s = Settings.from_env({"TIDEMARK_HOME": str(tmp_path), "TIDEMARK_WAREHOUSE_URL": "spark://local[2]",
+                           "TIDEMARK_SPARK_CONF": "spark.driver.memory=6g"})
+    conf = settings_of(s.warehouse)
+    # A partition filter that the embedded Derby metastore fails is pruned by Spark instead of failing the query.
+    assert conf["spark.sql.hive.metastorePartitionPruningFallbackOnException"] == "true"
+    assert conf["spark.driver.memory"] == "6g"
+    written = (write_conf(s.warehouse) / "spark-defaults.conf").read_text().splitlines()
+    assert written == [f"{key} {value}" for key, value in conf.items()]
