@@ -397,6 +397,17 @@ def _print_environment(env: dict) -> None:
                   "workers, Parquet commits), not the speed-up a cluster would bring.")
 
 
+def _dbt_rows(label: str, outside: str, timings: dict, ratios: dict, key: str) -> list[tuple[str, ...]]:
+    """A way of running dbt's three rows: its wall time, the model's execution, and the time outside it."""
+    def row(name: str, field: str, ratio_key: str | None) -> tuple[str, ...]:
+        return (name, f"{timings['duckdb'][field]:.2f}", f"{timings['spark'][field]:.2f}",
+                fmt_ratio(ratios[ratio_key]) if ratio_key else "")
+
+    return [row(f"{label}: wall", "seconds", f"{key}_wall"),
+            row("  the model's execution", "model_seconds", f"{key}_model"),
+            row(f"  outside it ({outside})", "outside_model_seconds", None)]
+
+
 def _print_features(f: dict) -> None:
     c, w, r = f["cold"], f["in_process"], f["ratios_spark_over_duckdb"]
     cfg = f["config"]
@@ -405,19 +416,9 @@ def _print_features(f: dict) -> None:
         f"dbt run --select customer_features_daily, median of {f['repeats']}",
         ["run", "DuckDB s", "Spark s", "Spark/DuckDB"],
         [
-            ("dbt in a new process (cold): wall", f"{c['duckdb']['seconds']:.2f}", f"{c['spark']['seconds']:.2f}",
-             fmt_ratio(r["cold_wall"])),
-            ("  the model's execution", f"{c['duckdb']['model_seconds']:.2f}", f"{c['spark']['model_seconds']:.2f}",
-             fmt_ratio(r["cold_model"])),
-            ("  outside it (Python, dbt start, Spark's JVM)", f"{c['duckdb']['outside_model_seconds']:.2f}",
-             f"{c['spark']['outside_model_seconds']:.2f}", ""),
+            *_dbt_rows("dbt in a new process (cold)", "Python, dbt start, Spark's JVM", c, r, "cold"),
             ("Spark session start in this process", "", f"{f['session_start']['seconds']:.2f}", ""),
-            ("dbt in this process, session up: wall", f"{w['duckdb']['seconds']:.2f}", f"{w['spark']['seconds']:.2f}",
-             fmt_ratio(r["in_process_wall"])),
-            ("  the model's execution", f"{w['duckdb']['model_seconds']:.2f}", f"{w['spark']['model_seconds']:.2f}",
-             fmt_ratio(r["in_process_model"])),
-            ("  outside it (dbt's parse and compile)", f"{w['duckdb']['outside_model_seconds']:.2f}",
-             f"{w['spark']['outside_model_seconds']:.2f}", ""),
+            *_dbt_rows("dbt in this process, session up", "dbt's parse and compile", w, r, "in_process"),
             ("setup: full build, every date (1 run)", f"{f['full_build']['duckdb']['seconds']:.2f}",
              f"{f['full_build']['spark']['seconds']:.2f}", fmt_ratio(r["full_build_wall"])),
             ("setup: raw history load (1 run)", f"{f['history_load_seconds']['duckdb']:.2f}",
