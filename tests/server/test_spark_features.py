@@ -23,8 +23,8 @@ from ml.core.settings import Settings
 from ml.core.spark import release
 from ml.core.warehouse import Warehouse
 from ml.features.dbt import DbtResult, invoke_dbt, run_dbt
-from ml.ingest.load import RAW_SCHEMA
-from ml.ingest.simulate import SimConfig, simulate
+from ml.ingest.load import load_days
+from ml.ingest.simulate import SimConfig
 
 pytest.importorskip("pyspark", reason="the Spark warehouse needs pyspark: make install-spark")
 
@@ -41,17 +41,6 @@ SELECT = ["--select", "+customer_features_daily", "+churn_labels", "+payment_def
 
 def _settings(home: Path, url: str) -> Settings:
     return Settings.from_env({"TIDEMARK_HOME": str(home), "TIDEMARK_WAREHOUSE_URL": url})
-
-
-def _load_history(settings: Settings) -> None:
-    """Every simulated day into the raw tables, one replace per table (on Spark one overwrite of its
-    ingest_date partitions, where a day at a time would be a Spark job per table per day)."""
-    plan: dict[str, tuple[pa.Schema, list]] = {}
-    for day, tables in simulate(SIM):
-        for name, rows in tables.items():
-            plan.setdefault(f"{RAW_SCHEMA}.{name}", (rows.schema, []))[1].append(({"ingest_date": day}, rows))
-    with Warehouse.connect(settings) as wh:
-        wh.replace_tables(plan)
 
 
 def _dbt(settings: Settings, command: str, *args: str, vars: dict | None = None) -> DbtResult:
@@ -92,13 +81,13 @@ def warehouses(tmp_path_factory, spark_master: str) -> dict[str, Settings]:
     spark = _settings(tmp_path_factory.mktemp("spark"), spark_master)
 
     def build_duckdb() -> DbtResult:
-        _load_history(duckdb)
+        load_days(SIM, None, settings=duckdb)
         return _dbt(duckdb, "run", *SELECT)
 
     try:
         with ThreadPoolExecutor(1) as pool:
             duckdb_built = pool.submit(build_duckdb)
-            _load_history(spark)
+            load_days(SIM, None, settings=spark)  # on Spark in batches of days
             spark_built = _dbt(spark, "run", *SELECT)
             for result in (duckdb_built.result(), spark_built):
                 assert result.success, result.output[-4000:]
